@@ -1,0 +1,23 @@
+"""Importing this package registers the backbone, head and meta-architecture."""
+from .backbone import DynamicNetwork, RoutingRecord, build_dynamic_routing_backbone
+from .budget import budget_loss
+from .cell import RoutingCell
+from .gate import SoftGate
+from .meta_arch import DynamicSemanticSegmentor
+from .ops import CELL_OPERATIONS, known_operations
+from .routing_space import build_routing_space
+from .sem_seg_head import DynamicSemSegHead
+
+__all__ = [
+    "CELL_OPERATIONS",
+    "DynamicNetwork",
+    "DynamicSemSegHead",
+    "DynamicSemanticSegmentor",
+    "RoutingCell",
+    "RoutingRecord",
+    "SoftGate",
+    "budget_loss",
+    "build_dynamic_routing_backbone",
+    "build_routing_space",
+    "known_operations",
+]

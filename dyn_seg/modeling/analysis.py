@@ -1,0 +1,57 @@
+"""Whole-network FLOPs figures that need no forward pass."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from .backbone import DynamicNetwork
+from .flops import CellRouting, routing_flops
+
+__all__ = ["all_open_flops"]
+
+
+def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
+    """MFLOPs of one ``size`` = (H, W) image with every gate activation at 1 (all paths open).
+
+    ``model``: a segmentor with ``backbone`` (a :class:`DynamicNetwork`) and ``sem_seg_head``
+    (a head with a ``flops(features, size)`` method), or a :class:`DynamicNetwork` alone
+    (no head FLOPs). ``size`` is the counting size (what ``INPUT.FIX_SIZE_FOR_FLOPS`` would
+    say), e.g. (1024, 2048) for Cityscapes frames.
+
+    Returns ``expected`` (every cell's operations and transitions; at 768 x 768 this is what
+    ``MODEL.BUDGET.FLOPS_ALL`` normalises by), ``real`` (expected + gates + stem + head), and
+    the parts ``gates``, ``stem`` and ``head``.
+    """
+    backbone = getattr(model, "backbone", model)
+    head = getattr(model, "sem_seg_head", None)
+    if not isinstance(backbone, DynamicNetwork):
+        raise TypeError(
+            f"all_open_flops needs a DynamicNetwork or a model whose .backbone is one, got "
+            f"{type(backbone).__name__}."
+        )
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(
+            f"size={tuple(size)} must be (H, W) with positive sizes, e.g. (1024, 2048)."
+        )
+    size = (int(size[0]), int(size[1]))
+    table, stem = backbone.flops_table(size)
+    open_gates = {
+        key: CellRouting(torch.ones(1, len(cost.paths)), dropped=False)
+        for key, cost in table.items()
+    }
+    expected, real = routing_flops(backbone.cell_specs, table, open_gates, 1, torch.zeros(1))
+    gates = sum(table[(s.layer, s.scale)].gate for layer in backbone.cell_specs for s in layer)
+    head_flops = 0.0
+    if head is not None:
+        # every feature is present when all paths are open; only presence is looked at
+        present = {name: torch.empty(0) for name in backbone.output_shape()}
+        head_flops = head.flops(present, size)
+    return {
+        "real": float(real[0]) + stem + head_flops,
+        "expected": float(expected[0]),
+        "gates": gates,
+        "stem": stem,
+        "head": head_flops,
+    }

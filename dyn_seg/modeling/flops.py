@@ -1,0 +1,193 @@
+"""Analytic FLOPs, with the reference implementation's counting rules.
+
+Units are million multiply-adds (MFLOPs) for one image. Rules (PAPER.md section 4):
+
+* convolution: ``k*k*Cin/groups * Cout * Hout * Wout``; biases are not counted (the
+  reference counts neither the gates' last convolution's nor the predictor's);
+* norm: ``H*W*C``, counted twice when the norm's name contains "Sync" (the reference calls
+  those "affine");
+* ReLU: ``H*W*C``; global pooling: ``H*W*C``; identity and upsampling: 0;
+* spatial sizes halve with integer division per stride 2 (also for the stem's padding-0
+  convolution: 1024 x 2048 counts as 512 x 1024 after it, not 511 x 1023);
+* the decoder is counted on a square map of side ``H // stride`` (:func:`decoder_map_size`).
+
+Everything here is a pure function of layer specs and sizes; the per-image expected / real
+FLOPs of a forward pass combine the static table with the gates' activations
+(:func:`routing_flops`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .layers import ConvSpec
+from .routing_space import DOWN, KEEP, UP, CellSpec
+
+MEGA = 1e6
+# A gate activation (or a sum of them) at or below this is "closed" (reference threshold).
+GATE_EPS = 1e-4
+
+
+def norm_factor(norm: str) -> int:
+    """Norm layers count once, or twice when their name contains "Sync" (reference rule)."""
+    return 2 if norm and "Sync" in norm else 1
+
+
+def conv_flops(spec: ConvSpec, h: int, w: int, norm: str) -> Tuple[float, int, int]:
+    """FLOPs of ``spec`` (with its norm and ReLU) on an ``h`` x ``w`` input; output size."""
+    ho, wo = h // spec.stride, w // spec.stride
+    per_out = spec.kernel * spec.kernel * spec.in_channels // spec.groups
+    flops = float(per_out * spec.out_channels * ho * wo)
+    if spec.norm:
+        flops += norm_factor(norm) * ho * wo * spec.out_channels
+    if spec.relu:
+        flops += ho * wo * spec.out_channels
+    return flops, ho, wo
+
+
+def sequence_flops(specs: Sequence[ConvSpec], h: int, w: int, norm: str) -> Tuple[float, int, int]:
+    total = 0.0
+    for spec in specs:
+        flops, h, w = conv_flops(spec, h, w, norm)
+        total += flops
+    return total, h, w
+
+
+def scale_size(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
+    """Spatial size at ``stride`` by integer halving of the counting size."""
+    return size[0] // stride, size[1] // stride
+
+
+def decoder_map_size(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
+    """Map size at which a decoder layer at ``stride`` is counted (reference rule).
+
+    The reference counts its decoder on a square map of side ``H // stride`` (the counting
+    height stands for both sides) rather than on the ``H // stride`` x ``W // stride`` map it
+    computes: on 1:2 frames such as Cityscapes' 1024 x 2048 that is half of the decoder's
+    multiply-adds. The recorded reference values (64 x 128 and 1024 x 2048) fix this rule.
+    """
+    side = size[0] // stride
+    return side, side
+
+
+def small_gate_size(h: int, w: int) -> Tuple[int, int]:
+    """Input size of a small gate (a quarter per side, at least one pixel)."""
+    return max(1, h // 4), max(1, w // 4)
+
+
+@dataclass(frozen=True)
+class CellFlops:
+    """Static FLOPs (MFLOPs) of one cell at one counting size."""
+
+    ops: float
+    gate: float
+    paths: Dict[str, float] = field(default_factory=dict)  # outgoing transitions
+
+
+def transition_specs(path: str, channels: int) -> List[ConvSpec]:
+    """Convolutions of a transition (each starts with a ReLU on the cell's sum, counted apart)."""
+    if path == KEEP:
+        return []
+    if path == UP:
+        return [ConvSpec(channels, channels // 2, 1, norm=True, relu=True)]
+    if path == DOWN:
+        return [ConvSpec(channels, channels * 2, 1, stride=2, norm=True, relu=True)]
+    raise ValueError(f"unknown path {path!r}")
+
+
+def gate_specs(channels: int) -> ConvSpec:
+    """The gate's first layer: 1x1 conv C -> C/2 with norm and ReLU."""
+    return ConvSpec(channels, channels // 2, 1, norm=True, relu=True)
+
+
+def gate_flops(channels: int, num_paths: int, h: int, w: int, norm: str, small: bool) -> float:
+    if small:
+        h, w = small_gate_size(h, w)
+    flops, ho, wo = conv_flops(gate_specs(channels), h, w, norm)
+    flops += ho * wo * (channels // 2)  # global average pool
+    flops += (channels // 2) * num_paths  # last 1x1 conv at 1x1 (bias not counted)
+    return flops
+
+
+def cell_flops(
+    spec: CellSpec,
+    op_specs: Sequence[Sequence[ConvSpec]],
+    size: Tuple[int, int],
+    norm: str,
+    gate_on: bool,
+    small_gate: bool,
+) -> CellFlops:
+    """FLOPs of one cell at counting size ``size`` (the network input's H, W)."""
+    h, w = scale_size(size, spec.stride)
+    c = spec.channels
+    ops = sum(sequence_flops(s, h, w, norm)[0] for s in op_specs)
+    gate = gate_flops(c, spec.num_paths, h, w, norm, small_gate) if gate_on else 0.0
+    relu = float(h * w * c)  # every transition starts with a ReLU of the cell's sum
+    paths = {p: relu + sequence_flops(transition_specs(p, c), h, w, norm)[0] for p in spec.paths}
+    return CellFlops(ops / MEGA, gate / MEGA, {p: f / MEGA for p, f in paths.items()})
+
+
+@dataclass
+class CellRouting:
+    """What one cell did in a forward pass.
+
+    ``alpha``: (N, num_paths) gate activations in [0, 1) (ones without gates), or None when
+    the cell had no input and computed nothing. ``dropped``: the cell was skipped (eval:
+    all inputs nothing, or every activation of the batch closed).
+    """
+
+    alpha: Optional[torch.Tensor]
+    dropped: bool
+
+
+def routing_flops(
+    specs: Sequence[Sequence[CellSpec]],
+    table: Dict[Tuple[int, int], CellFlops],
+    routing: Dict[Tuple[int, int], CellRouting],
+    batch_size: int,
+    reference: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-image expected and real cell FLOPs (MFLOPs, shape (N,)).
+
+    For each routed cell: expected = max(alpha) * ops + sum of (alpha * transition) over its
+    inputs; real = [sum(alpha) > eps] * ops + sum of [alpha > eps] * transition over its
+    inputs + gate (when the gate ran). A dropped cell contributes only its inputs (and its
+    gate to real FLOPs, when it ran). ``routing`` holds layer -1 (the init cell) as well,
+    whose own FLOPs are not counted. Expected FLOPs are differentiable through alpha.
+    """
+    expected = reference.new_zeros(batch_size, dtype=torch.float32)
+    real = reference.new_zeros(batch_size, dtype=torch.float32)
+    for layer in specs:
+        for spec in layer:
+            key = (spec.layer, spec.scale)
+            for inp in spec.inputs:
+                sender = routing[(inp.layer, inp.scale)]
+                if sender.alpha is None:
+                    continue
+                sender_paths = table[(inp.layer, inp.scale)].paths  # in gate-channel order
+                a = sender.alpha[:, list(sender_paths).index(inp.path)].float()
+                cost = sender_paths[inp.path]
+                expected = expected + a * cost
+                real = real + (a > GATE_EPS).float() * cost
+            own = routing[key]
+            if own.alpha is None:
+                continue
+            cost = table[key]
+            real = real + cost.gate
+            if own.dropped:
+                continue
+            a = own.alpha.float()
+            expected = expected + a.max(dim=1).values * cost.ops
+            real = real + (a.sum(dim=1) > GATE_EPS).float() * cost.ops
+    return expected, real
+
+
+def stem_flops(stem_specs: Sequence[Sequence[ConvSpec]], size: Tuple[int, int], norm: str) -> float:
+    h, w = size
+    total = 0.0
+    for block in stem_specs:
+        flops, h, w = sequence_flops(block, h, w, norm)
+        total += flops
+    return total / MEGA

@@ -1,0 +1,115 @@
+"""The simple fusing decoder of Dynamic Routing (coarse to fine, then a 3x3 predictor)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import nn
+
+from .flops import MEGA, conv_flops, decoder_map_size
+from .layers import ConvSpec, build_conv, kaiming_init, pointwise
+
+__all__ = ["DynamicSemSegHead"]
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class DynamicSemSegHead(nn.Module):
+    """For each feature from coarsest to finest: add the running prediction, 1x1 conv
+    (C -> C/2, C -> C at stride 4) with norm and ReLU, bilinear x2; then a 3x3 conv to the
+    classes and bilinear x4. A missing (None) feature is skipped.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        num_classes: int,
+        ignore_value: int = 255,
+        norm: str = "BN",
+        loss_weight: float = 1.0,
+    ):
+        super().__init__()
+        names = sorted(input_shape, key=lambda k: input_shape[k].stride)
+        self.in_features = names
+        self.ignore_value = ignore_value
+        self.loss_weight = loss_weight
+        self.norm = norm
+        self.decoder_specs: List[ConvSpec] = []
+        for j, name in enumerate(names):
+            c = input_shape[name].channels
+            self.decoder_specs.append(pointwise(c, c if j == 0 else c // 2))
+        self.decoders = nn.ModuleList(build_conv(s, norm) for s in self.decoder_specs)
+        c0 = self.decoder_specs[0].out_channels
+        self.predictor_spec = ConvSpec(c0, num_classes, 3, bias=True)
+        self.predictor = build_conv(self.predictor_spec, norm)
+        self.strides = [input_shape[n].stride for n in names]
+        kaiming_init(self)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        h = cfg.MODEL.SEM_SEG_HEAD
+        missing = [f for f in h.IN_FEATURES if f not in input_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES={list(h.IN_FEATURES)} names {missing}, which the "
+                f"backbone does not produce; available: {sorted(input_shape)}."
+            )
+        return {
+            "input_shape": {k: input_shape[k] for k in h.IN_FEATURES},
+            "num_classes": h.NUM_CLASSES,
+            "ignore_value": h.IGNORE_VALUE,
+            "norm": h.NORM,
+            "loss_weight": h.LOSS_WEIGHT,
+        }
+
+    def layers(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        """Logits at stride 4 (before the final x4 upsampling)."""
+        pred = None
+        for j in reversed(range(len(self.in_features))):
+            f = features.get(self.in_features[j])
+            if pred is not None:
+                f = pred if f is None else f + pred
+            if f is None:
+                continue
+            pred = self.decoders[j](f)
+            if j > 0:
+                pred = F.interpolate(pred, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.predictor(pred)
+
+    def forward(self, features, targets: Optional[torch.Tensor] = None
+                ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        logits = F.interpolate(
+            self.layers(features), scale_factor=4, mode="bilinear", align_corners=False
+        )
+        if self.training:
+            return None, self.losses(logits, targets)
+        return logits, {}
+
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        loss = F.cross_entropy(
+            logits.float(), targets, reduction="mean", ignore_index=self.ignore_value
+        )
+        return {"loss_sem_seg": loss * self.loss_weight}
+
+    def flops(self, features: Dict[str, Optional[torch.Tensor]], size: Tuple[int, int]) -> float:
+        """MFLOPs of the decoder at counting size ``size`` for the features that ran.
+
+        A decoder layer counts once its feature or the running prediction exists; the
+        predictor always counts. Layers are counted on :func:`decoder_map_size`'s map, as the
+        reference does.
+        """
+        total = 0.0
+        running = False
+        for j in reversed(range(len(self.in_features))):
+            running = running or features.get(self.in_features[j]) is not None
+            if running:
+                h, w = decoder_map_size(size, self.strides[j])
+                total += conv_flops(self.decoder_specs[j], h, w, self.norm)[0]
+        h, w = decoder_map_size(size, self.strides[0])
+        total += conv_flops(self.predictor_spec, h, w, self.norm)[0]
+        return total / MEGA
