@@ -1,0 +1,106 @@
+"""Configs and models by name, in the style of ``detectron2.model_zoo``.
+
+``get_config_file("Cityscapes/Dynamic-L16-B.yaml")`` -> path of the file under ``configs/``;
+``get_config(...)`` -> a CfgNode with dyn_seg's keys and the file merged;
+``get(...)`` -> the built model (eval mode), optionally with known trained weights.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
+
+from ..checkpoint import DynSegCheckpointer
+from ..config import add_dynamic_routing_config
+
+__all__ = ["MODEL_ZOO_WEIGHTS", "get", "get_checkpoint_url", "get_config", "get_config_file",
+           "list_configs", "verify_sha256"]
+
+# Trained weights this project can fetch: config path -> {"url": ..., "sha256": ...}.
+# The authors' released checkpoints are distributed from their own pages; convert them with
+# tools/convert_reference_checkpoint.py and pass MODEL.WEIGHTS (see MODEL_ZOO.md).
+MODEL_ZOO_WEIGHTS: Dict[str, Dict[str, str]] = {}
+
+
+def _config_root() -> Path:
+    for root in (Path(__file__).resolve().parents[2] / "configs",
+                 Path(__file__).resolve().parent / "configs"):
+        if root.is_dir():
+            return root
+    raise FileNotFoundError(
+        "dyn_seg's configs/ folder was not found next to the package; install dyn_seg from "
+        "a source checkout (pip install -e .)."
+    )
+
+
+def list_configs() -> List[str]:
+    """Config paths relative to ``configs/`` (e.g. ``Cityscapes/Dynamic-L16-B.yaml``)."""
+    root = _config_root()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
+
+
+def get_config_file(config_path: str) -> str:
+    """Absolute path of ``configs/<config_path>``; clear error listing what exists."""
+    path = _config_root() / config_path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{config_path!r} is not a dyn_seg config; available: {list_configs()}"
+        )
+    return str(path)
+
+
+def get_config(config_path: str, trained: bool = False) -> CfgNode:
+    """A config with dyn_seg's keys and ``configs/<config_path>`` merged; with ``trained``,
+    ``MODEL.WEIGHTS`` points at the known trained checkpoint."""
+    cfg = get_cfg()
+    add_dynamic_routing_config(cfg)
+    cfg.merge_from_file(get_config_file(config_path))
+    if trained:
+        cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def get_checkpoint_url(config_path: str) -> str:
+    if config_path not in MODEL_ZOO_WEIGHTS:
+        raise KeyError(
+            f"No trained weights are registered for {config_path!r}. Download the authors' "
+            "released checkpoint, convert it with `python tools/convert_reference_checkpoint.py "
+            f"IN OUT --config-file configs/{config_path}` and set MODEL.WEIGHTS to OUT."
+        )
+    return MODEL_ZOO_WEIGHTS[config_path]["url"]
+
+
+def verify_sha256(path: str, expected: str) -> None:
+    """Raise ValueError unless the file's sha256 is ``expected`` (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected.lower():
+        raise ValueError(
+            f"sha256 of {path} is {digest.hexdigest()}, expected {expected}: the download is "
+            "corrupt or not the published file; delete it and download again."
+        )
+
+
+def get(config_path: str, trained: bool = False, device: Optional[str] = None) -> torch.nn.Module:
+    """The model of ``configs/<config_path>`` in eval mode (with its trained weights when
+    ``trained``; their sha256 is checked when known)."""
+    cfg = get_config(config_path, trained)
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    model = build_model(cfg)
+    if trained:
+        local = PathManager.get_local_path(cfg.MODEL.WEIGHTS)
+        known = MODEL_ZOO_WEIGHTS[config_path].get("sha256")
+        if known:
+            verify_sha256(local, known)
+        DynSegCheckpointer(model).load(local)
+    return model.eval()
