@@ -1,0 +1,36 @@
+"""Training and evaluation: the Trainer, its hooks, optimizer, LR schedule, augmentations
+and test-time augmentation."""
+from .augmentation import RandomCropWithPad, build_train_augmentations
+from .ddp import create_ddp_model
+from .guards import NonFiniteGuard, NonFiniteTrainingError
+from .hooks import StepRateHook, unwrap_model
+from .solver import (
+    CLIP_TYPES,
+    WarmupPolyParamScheduler,
+    build_lr_scheduler,
+    build_optimizer,
+    is_gate_parameter,
+    scale_gate_lr,
+    with_full_model_gradient_clipping,
+)
+from .trainer import Trainer
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = [
+    "CLIP_TYPES",
+    "NonFiniteGuard",
+    "NonFiniteTrainingError",
+    "RandomCropWithPad",
+    "SemanticSegmentorWithTTA",
+    "StepRateHook",
+    "Trainer",
+    "WarmupPolyParamScheduler",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "build_train_augmentations",
+    "create_ddp_model",
+    "is_gate_parameter",
+    "scale_gate_lr",
+    "unwrap_model",
+    "with_full_model_gradient_clipping",
+]

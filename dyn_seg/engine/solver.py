@@ -1,0 +1,176 @@
+"""Optimizer and learning-rate schedule of the paper's recipe, built from ``SOLVER.*``.
+
+* SGD with momentum; no weight decay on norm parameters (``SOLVER.WEIGHT_DECAY_NORM``);
+  parameters whose name contains ``"gate"`` train at ``SOLVER.GATE_LR_MULTI`` times the LR.
+* Gradient clipping: detectron2's per-parameter ``"value"`` / ``"norm"`` clipping, plus
+  ``"full_model"``: one global norm over all parameters (the paper clips it at 5.0).
+* ``SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"``: linear (or constant) warm-up times a poly
+  decay, ``lr = BASE_LR * warmup(iter) * (1 - iter / MAX_ITER) ** POLY_LR_POWER``; every other
+  name goes to detectron2's builder.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Dict, List, Type
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver import LRMultiplier, LRScheduler, get_default_optimizer_params
+from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
+from detectron2.solver.build import maybe_add_gradient_clipping
+from fvcore.common.param_scheduler import ParamScheduler
+
+__all__ = [
+    "CLIP_TYPES",
+    "WarmupPolyParamScheduler",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "is_gate_parameter",
+    "scale_gate_lr",
+    "with_full_model_gradient_clipping",
+]
+
+#: Allowed ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` values.
+CLIP_TYPES = ("full_model", "norm", "value")
+
+
+def is_gate_parameter(name: str) -> bool:
+    """Whether the parameter called ``name`` (as in ``named_parameters()``) belongs to a gate."""
+    return "gate" in name
+
+
+def scale_gate_lr(
+    model: torch.nn.Module, param_groups: List[Dict[str, Any]], multiplier: float
+) -> List[Dict[str, Any]]:
+    """Split each optimizer group into its gate and other parameters and multiply the gate
+    part's ``lr`` by ``multiplier`` (other settings of the group are kept)."""
+    if multiplier == 1.0:
+        return param_groups
+    gate_ids = {id(p) for name, p in model.named_parameters() if is_gate_parameter(name)}
+    groups = []
+    for group in param_groups:
+        gate = [p for p in group["params"] if id(p) in gate_ids]
+        other = [p for p in group["params"] if id(p) not in gate_ids]
+        if other:
+            groups.append({**group, "params": other})
+        if gate:
+            groups.append({**group, "params": gate, "lr": group["lr"] * multiplier})
+    return groups
+
+
+def with_full_model_gradient_clipping(
+    optimizer_type: Type[torch.optim.Optimizer], max_norm: float, norm_type: float = 2.0
+) -> Type[torch.optim.Optimizer]:
+    """Subclass ``optimizer_type`` so that ``step()`` first clips the gradients of all its
+    parameters together to a global ``norm_type``-norm of at most ``max_norm``."""
+
+    class FullModelGradientClipping(optimizer_type):
+        def step(self, closure=None):
+            params = itertools.chain(*(group["params"] for group in self.param_groups))
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure)
+
+    FullModelGradientClipping.__name__ = optimizer_type.__name__ + "WithFullModelGradientClip"
+    FullModelGradientClipping.__qualname__ = FullModelGradientClipping.__name__
+    return FullModelGradientClipping
+
+
+def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD over ``model``'s parameters with the paper's per-group settings and clipping."""
+    if cfg.SOLVER.GATE_LR_MULTI <= 0:
+        raise ValueError(
+            f"SOLVER.GATE_LR_MULTI={cfg.SOLVER.GATE_LR_MULTI} is not allowed: it must be > 0 "
+            "(1.0 trains the gates at the base LR, the paper uses 2.5)."
+        )
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE not in CLIP_TYPES:
+        raise ValueError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clip.CLIP_TYPE!r} is not allowed: use one of "
+            f"{CLIP_TYPES} ('full_model' clips the global norm over all parameters)."
+        )
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    params = scale_gate_lr(model, params, cfg.SOLVER.GATE_LR_MULTI)
+    optimizer_type: Type[torch.optim.Optimizer] = torch.optim.SGD
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        optimizer_type = with_full_model_gradient_clipping(
+            optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE
+        )
+    else:
+        optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
+    return optimizer_type(
+        params,
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
+
+
+class WarmupPolyParamScheduler(ParamScheduler):
+    """LR multiplier ``warmup(t) * (1 - t) ** power`` at training progress ``t`` in [0, 1).
+
+    During the first ``warmup_length`` of training, ``warmup`` rises linearly from
+    ``warmup_factor`` to 1 (``"linear"``) or stays at ``warmup_factor`` (``"constant"``);
+    afterwards it is 1 and the multiplier never drops below ``constant_ending`` (when > 0).
+    This is DeepLab's ``WarmupPolyLR`` as an fvcore scheduler, so that detectron2's
+    ``LRMultiplier`` applies it and checkpoints it.
+    """
+
+    def __init__(
+        self,
+        *,
+        power: float = 0.9,
+        warmup_factor: float = 0.001,
+        warmup_length: float = 0.0,
+        warmup_method: str = "linear",
+        constant_ending: float = 0.0,
+    ):
+        if warmup_method not in ("linear", "constant"):
+            raise ValueError(
+                f"SOLVER.WARMUP_METHOD={warmup_method!r} is not allowed with WarmupPolyLR: "
+                "use 'linear' or 'constant'."
+            )
+        if power < 0:
+            raise ValueError(f"SOLVER.POLY_LR_POWER={power} is not allowed: it must be >= 0.")
+        if not 0.0 <= warmup_length <= 1.0:
+            raise ValueError(f"warmup_length={warmup_length} must be in [0, 1].")
+        self.power = power
+        self.warmup_factor = warmup_factor
+        self.warmup_length = warmup_length
+        self.warmup_method = warmup_method
+        self.constant_ending = constant_ending
+
+    def __call__(self, where: float) -> float:
+        poly = max(1.0 - where, 0.0) ** self.power
+        if where < self.warmup_length:
+            if self.warmup_method == "constant":
+                return self.warmup_factor * poly
+            alpha = where / self.warmup_length
+            return (self.warmup_factor * (1.0 - alpha) + alpha) * poly
+        if self.constant_ending > 0 and poly < self.constant_ending:
+            return self.constant_ending
+        return poly
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """``WarmupPolyLR`` from ``SOLVER.*``, or detectron2's scheduler for other names."""
+    if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        return build_d2_lr_scheduler(cfg, optimizer)
+    max_iter = cfg.SOLVER.MAX_ITER
+    if max_iter <= 0:
+        raise ValueError(f"SOLVER.MAX_ITER={max_iter} is not allowed: it must be > 0.")
+    scheduler = WarmupPolyParamScheduler(
+        power=cfg.SOLVER.POLY_LR_POWER,
+        warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
+        warmup_length=min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0),
+        warmup_method=cfg.SOLVER.WARMUP_METHOD,
+        constant_ending=cfg.SOLVER.POLY_LR_CONSTANT_ENDING,
+    )
+    return LRMultiplier(optimizer, multiplier=scheduler, max_iter=max_iter)

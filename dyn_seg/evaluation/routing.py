@@ -1,0 +1,74 @@
+"""Compute and routing statistics of a dynamic network over an evaluation set."""
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+from dyn_seg.modeling.flops import GATE_EPS
+
+__all__ = ["RoutingEvaluator"]
+
+
+class RoutingEvaluator(DatasetEvaluator):
+    """Per-image GFLOPs and gate openness, summarised over the whole set.
+
+    Reads the model's inference outputs ``"flops"`` (``{"real", "expected"}`` GFLOPs of
+    the image) and ``"routing"`` (``{(layer, scale): (num_paths,) gate activations}``).
+    ``evaluate()`` returns ``{"routing": {...}}`` with the mean, min and max real and
+    expected GFLOPs (``GFLOPs_real``, ``GFLOPs_real_min``, ...) and ``gates_open_pct``: the
+    percentage of gate paths of routed cells (the init cell excluded, like the training
+    statistic) with an activation above ``GATE_EPS``, over the gates that ran. Keys whose
+    inputs never appeared are left out.
+    """
+
+    def __init__(self, distributed: bool = True):
+        self._distributed = distributed
+        self.reset()
+
+    def reset(self) -> None:
+        self._real: List[float] = []
+        self._expected: List[float] = []
+        # per image: (open paths, paths) over the routed cells' gates
+        self._gates: List[List[int]] = []
+
+    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
+        for output in outputs:
+            flops = output.get("flops")
+            if flops is not None:
+                self._real.append(float(flops["real"]))
+                self._expected.append(float(flops["expected"]))
+            routing = output.get("routing")
+            if routing:
+                alphas = [a.flatten() for (layer, _), a in routing.items() if layer >= 0]
+                if alphas:
+                    alpha = torch.cat(alphas)
+                    self._gates.append([int((alpha > GATE_EPS).sum()), alpha.numel()])
+
+    def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
+        real, expected, gates = self._real, self._expected, self._gates
+        if self._distributed:
+            comm.synchronize()
+            gathered = comm.gather([real, expected, gates], dst=0)
+            if not comm.is_main_process():
+                return None
+            real = list(itertools.chain(*(g[0] for g in gathered)))
+            expected = list(itertools.chain(*(g[1] for g in gathered)))
+            gates = list(itertools.chain(*(g[2] for g in gathered)))
+
+        res: Dict[str, float] = OrderedDict()
+        for name, values in (("real", real), ("expected", expected)):
+            if values:
+                arr = np.asarray(values, dtype=np.float64)
+                res[f"GFLOPs_{name}"] = float(arr.mean())
+                res[f"GFLOPs_{name}_min"] = float(arr.min())
+                res[f"GFLOPs_{name}_max"] = float(arr.max())
+        if gates:
+            counts = np.asarray(gates, dtype=np.float64).sum(axis=0)
+            res["gates_open_pct"] = float(100.0 * counts[0] / counts[1])
+        return OrderedDict({"routing": res}) if res else OrderedDict()

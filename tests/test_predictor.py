@@ -1,0 +1,93 @@
+"""DefaultPredictor and the demo tool on raw images of any size."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_cfg
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+from PIL import Image
+
+from dyn_seg.checkpoint import CheckpointError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_demo():
+    spec = importlib.util.spec_from_file_location("tool_demo", REPO / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A randomly initialised tiny model saved as a detectron2 checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.pth"
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, path)
+    return str(path)
+
+
+def _predictor_cfg(weights_path):
+    return tiny_cfg(**{"MODEL.WEIGHTS": weights_path, "INPUT.MIN_SIZE_TEST": 128,
+                       "INPUT.MAX_SIZE_TEST": 1024})
+
+
+@pytest.mark.parametrize("height,width", [(333, 517), (64, 64), (517, 333)])
+def test_default_predictor_returns_scores_at_the_raw_image_size(weights, height, width):
+    predictor = DefaultPredictor(_predictor_cfg(weights))
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+    out = predictor(image)
+
+    assert out["sem_seg"].shape == (19, height, width)
+    assert torch.isfinite(out["sem_seg"]).all()
+    assert out["flops"]["real"] > out["flops"]["expected"] > 0
+
+
+def test_default_predictor_loads_the_given_weights(weights):
+    predictor = DefaultPredictor(_predictor_cfg(weights))
+    saved = torch.load(weights, weights_only=True)["model"]
+    for name, value in predictor.model.state_dict().items():
+        torch.testing.assert_close(value, saved[name])
+
+
+def test_demo_writes_an_overlay_of_each_image_with_its_gflops(weights, tmp_path, capsys):
+    demo = _load_demo()
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for name, size in (("a.png", (333, 517)), ("b.jpg", (96, 160))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(inputs / name)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(_predictor_cfg(weights).dump())
+
+    demo.main(["--config-file", str(config), "--input", str(inputs), "--output",
+               str(tmp_path / "out"), "--show-flops", "--opts",
+               "DATASETS.TEST", "('cityscapes_fine_sem_seg_val',)"])
+
+    assert Image.open(tmp_path / "out" / "a.png").size == (517, 333)
+    assert Image.open(tmp_path / "out" / "b.png").size == (160, 96)
+    printed = capsys.readouterr().out
+    assert "a.png: 517x333" in printed and "real GFLOPs" in printed
+
+
+def test_demo_refuses_missing_weights(weights, tmp_path):
+    demo = _load_demo()
+    cfg = _predictor_cfg(str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="missing.pth"):
+        demo.build_predictor(cfg)
+    cfg.MODEL.WEIGHTS = ""
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        demo.build_predictor(cfg)
+
+
+def test_demo_input_that_matches_nothing_is_an_error(tmp_path):
+    demo = _load_demo()
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        demo.collect_inputs([str(tmp_path / "nothing-here" / "*.png")])

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Segment images with a Dynamic Routing network and save colour overlays.
+
+    python tools/demo.py --config-file configs/Synthetic/Dynamic-Tiny.yaml \\
+        --input datasets/synthetic/cityscapes/leftImg8bit/val --output output/demo \\
+        --show-flops --opts MODEL.WEIGHTS output/main_job/train/model_final.pth
+
+``--input`` takes image files, folders (searched recursively) and glob patterns. Each
+overlay is written to ``--output`` as ``<image name>.png``; with ``--show-flops`` the
+image's real GFLOPs (what the gates actually computed) are printed on it. Images of any
+size work: the predictor resizes them to ``INPUT.MIN_SIZE_TEST`` and returns the
+segmentation at the original size.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import Visualizer
+from PIL import Image
+
+from dyn_seg import add_dynamic_routing_config
+from dyn_seg.checkpoint import DynSegCheckpointer
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="image files, folders or glob patterns")
+    parser.add_argument("--output", default="output/demo", help="folder for the overlays")
+    parser.add_argument("--show-flops", action="store_true",
+                        help="print each image's real GFLOPs on its overlay")
+    parser.add_argument("--alpha", type=float, default=0.6,
+                        help="opacity of the segmentation colours (0..1)")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="allow MODEL.WEIGHTS to be a pickled .pkl/.pyth file (only for "
+                        "files you trust)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides as KEY VALUE pairs (last option), e.g. "
+                        "--opts MODEL.WEIGHTS model_final.pth")
+    return parser.parse_args(argv)
+
+
+def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    cfg = get_cfg()
+    add_dynamic_routing_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def collect_inputs(patterns: Sequence[str]) -> List[str]:
+    """Image paths from files, folders (recursively) and glob patterns, sorted per item."""
+    paths: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = [
+                os.path.join(root, name)
+                for root, _, names in os.walk(pattern)
+                for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        else:
+            found = glob.glob(os.path.expanduser(pattern))
+        if not found:
+            raise FileNotFoundError(f"--input {pattern!r} matches no image file.")
+        paths.extend(sorted(found))
+    return paths
+
+
+def build_predictor(cfg: CfgNode, allow_unsafe_pickle: bool = False) -> DefaultPredictor:
+    """detectron2's ``DefaultPredictor``, with weights loaded by ``DynSegCheckpointer`` (safe
+    loading, clear errors, reference checkpoints converted)."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
+                         "--opts MODEL.WEIGHTS output/main_job/train/model_final.pth")
+    empty = cfg.clone()
+    empty.defrost()
+    empty.MODEL.WEIGHTS = ""
+    predictor = DefaultPredictor(empty)
+    DynSegCheckpointer(predictor.model, allow_unsafe_pickle=allow_unsafe_pickle).load(weights)
+    return predictor
+
+
+def class_metadata(cfg: CfgNode) -> Metadata:
+    """Class names and colours of the config's test dataset (numbers when it has none)."""
+    if cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if meta.get("stuff_classes"):
+            return meta
+    return Metadata(name="dyn_seg_demo",
+                    stuff_classes=[str(i) for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)])
+
+
+def render(image_bgr: np.ndarray, labels: np.ndarray, metadata: Metadata, *,
+           alpha: float = 0.6, text: Optional[str] = None) -> np.ndarray:
+    """RGB overlay (H, W, 3) of the class map ``labels`` (H, W) on ``image_bgr``."""
+    vis = Visualizer(image_bgr[:, :, ::-1], metadata)
+    vis.draw_sem_seg(labels, alpha=alpha)
+    if text:
+        vis.draw_text(text, (4, 4), color="w", horizontal_alignment="left")
+    return vis.output.get_image()
+
+
+def segment(predictor: DefaultPredictor, image_bgr: np.ndarray) -> Tuple[np.ndarray, dict]:
+    """Class map (H, W) of a BGR image at its own size, and the model's GFLOPs for it."""
+    prediction = predictor(image_bgr)
+    labels = prediction["sem_seg"].argmax(dim=0).cpu().numpy()
+    return labels, prediction.get("flops", {})
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    cfg = setup_cfg(args)
+    paths = collect_inputs(args.input)
+    predictor = build_predictor(cfg, args.allow_unsafe_pickle)
+    metadata = class_metadata(cfg)
+    os.makedirs(args.output, exist_ok=True)
+    for path in paths:
+        image = read_image(path, format="BGR")
+        labels, flops = segment(predictor, image)
+        text = None
+        if args.show_flops and "real" in flops:
+            text = f"{flops['real']:.3f} GFLOPs"
+        overlay = render(image, labels, metadata, alpha=args.alpha, text=text)
+        out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
+        Image.fromarray(overlay).save(out_path)
+        gflops = f", {flops['real']:.3f} real GFLOPs" if "real" in flops else ""
+        print(f"{path}: {image.shape[1]}x{image.shape[0]}{gflops} -> {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

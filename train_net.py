@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Train or evaluate a Dynamic Routing network.
+
+    python train_net.py --config-file configs/Cityscapes/Dynamic-L16-B.yaml --num-gpus 8
+    python train_net.py --config-file CONFIG --resume               # continue a run
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
+
+Datasets are read from $DETECTRON2_DATASETS (export it before running). With
+``--num-gpus N`` on a machine without GPUs, N CPU processes train together (gloo).
+The training logic lives in :mod:`dyn_seg.engine`.
+"""
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from dyn_seg import add_dynamic_routing_config
+from dyn_seg.checkpoint import DynSegCheckpointer
+from dyn_seg.engine import Trainer
+from dyn_seg.evaluation import report_results
+
+
+def setup(args):
+    """Config from defaults, dyn_seg keys, ``--config-file`` and command-line overrides."""
+    cfg = get_cfg()
+    add_dynamic_routing_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dyn_seg")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DynSegCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, allow_unsafe_pickle=args.allow_unsafe_pickle
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, results)
+    else:
+        trainer = Trainer(cfg, allow_unsafe_pickle=args.allow_unsafe_pickle)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    if comm.is_main_process():
+        report_results(results, cfg.OUTPUT_DIR, cfg.DATASETS.TEST)
+    return results
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--allow-unsafe-pickle",
+        action="store_true",
+        help="allow MODEL.WEIGHTS to be a pickled .pkl/.pyth file (runs code from the file; "
+        "only for files you trust)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
