@@ -1,0 +1,327 @@
+"""Measurements behind ``tools/benchmark.py``: latency, throughput, memory, real GFLOPs.
+
+Every mode is measured side by side on the same weights and input: the runs of all modes
+are interleaved (one run of each, repeated), so that load on the machine affects them
+alike, and the median after warm-up is reported. Inference modes add their agreement with
+the faithful eager path (largest absolute logit difference, share of equal argmax).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .engine import FastSegmentationModel
+from .options import FastOptions
+from .patterns import apply_gate_pattern, calibrate_batch_norm, random_gate_pattern
+from .training import TrainingOptions, prepare_for_training, training_autocast
+
+__all__ = [
+    "INFERENCE_MODES",
+    "TRAINING_MODES",
+    "all_open_real_gflops",
+    "benchmark_inference",
+    "benchmark_training",
+    "device_name",
+    "parse_gates",
+    "prepare_weights",
+]
+
+# Cumulative steps: each mode adds one optimisation to the previous one.
+INFERENCE_MODES: Dict[str, Optional[FastOptions]] = {
+    "faithful": None,
+    "fast-base": FastOptions(fold_bn=False, channels_last=False, skip_closed_paths=False,
+                             per_image_routing=False),
+    "fast-fold": FastOptions(channels_last=False, skip_closed_paths=False,
+                             per_image_routing=False),
+    "fast-fold-cl": FastOptions(skip_closed_paths=False, per_image_routing=False),
+    "fast-fold-cl-skip": FastOptions(per_image_routing=False),
+    "fast": FastOptions(),
+    "fast-bf16": FastOptions(bf16=True),
+    "fast-compile": FastOptions(compile="inductor"),
+}
+TRAINING_MODES: Dict[str, TrainingOptions] = {
+    "faithful": TrainingOptions(),
+    "channels_last": TrainingOptions(channels_last=True),
+    "bf16": TrainingOptions(bf16=True),
+    "channels_last-bf16": TrainingOptions(channels_last=True, bf16=True),
+    "compile": TrainingOptions(compile="inductor"),
+    "channels_last-bf16-compile": TrainingOptions(channels_last=True, bf16=True,
+                                                  compile="inductor"),
+}
+GIGA_PER_MEGA = 1e-3
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or the CPU model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def parse_gates(spec: str) -> Tuple[str, float]:
+    """``natural`` | ``open`` | ``paths:F`` | ``cells:F`` -> (kind, closed fraction)."""
+    if spec in ("natural", "open"):
+        return spec, 0.0
+    kind, _, value = spec.partition(":")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if kind not in ("paths", "cells") or not 0.0 <= fraction <= 1.0:
+        raise ValueError(
+            f"--gates {spec!r} is not allowed: use natural (the weights' own gates), open "
+            "(every path forced open), paths:F or cells:F (a fraction F in [0, 1] of the "
+            "routed cells' paths, or of whole cells, forced closed), e.g. paths:0.5."
+        )
+    return kind, fraction
+
+
+def prepare_weights(model: nn.Module, gates: str, seed: int, calibrate: int,
+                    calibration_size: Tuple[int, int]) -> dict:
+    """Force a gate pattern, then calibrate norms on ``calibrate`` random batches (0: keep
+    the norms), so that their statistics match the routing being measured.
+
+    Returns a description for the benchmark record.
+    """
+    kind, fraction = parse_gates(gates)
+    info = {"gates": gates, "gate_seed": seed, "calibrated_batches": calibrate}
+    if kind != "natural":
+        unit = "cell" if kind == "cells" else "path"
+        pattern = random_gate_pattern(model.backbone, fraction, unit=unit, seed=seed)
+        apply_gate_pattern(model.backbone, pattern)
+        info["closed_paths"] = pattern.num_closed()
+    if calibrate:
+        device = model.pixel_mean.device
+        g = torch.Generator().manual_seed(seed)
+        batches = [(torch.randn(2, 3, *calibration_size, generator=g) * 50).to(device)
+                   for _ in range(calibrate)]
+
+        def run(b):
+            return model.sem_seg_head.layers(model.backbone(b))
+
+        calibrate_batch_norm(model, run, batches)
+    return info
+
+
+def all_open_real_gflops(model: nn.Module, size: Tuple[int, int]) -> float:
+    """Real GFLOPs of one image at ``size`` with every path open (cells + stem + head)."""
+    net = model.backbone
+    table, stem = net.flops_table(tuple(size))
+    cells = 0.0
+    for layer in net.cell_specs:
+        for spec in layer:
+            own = table[(spec.layer, spec.scale)]
+            cells += own.ops + own.gate
+            cells += sum(table[(i.layer, i.scale)].paths[i.path] for i in spec.inputs)
+    features = {name: torch.empty(0) for name in model.sem_seg_head.in_features}
+    head = model.sem_seg_head.flops(features, tuple(size))
+    return (cells + stem + head) * GIGA_PER_MEGA
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device) -> Iterator[dict]:
+    """Peak memory of the enclosed code (CUDA: allocator peak; CPU: process peak RSS)."""
+    out: dict = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield out
+    if device.type == "cuda":
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # ru_maxrss is in KiB on Linux; whole process, never decreases
+        out["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _interleaved(runs: Dict[str, Callable[[], object]], warmup: int, iters: int,
+                 device: torch.device) -> Dict[str, List[float]]:
+    """Seconds per call of every function, measured in interleaved rounds after warm-up."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    _sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in runs}
+    for _ in range(iters):
+        for name, fn in runs.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _stats(seconds: Sequence[float]) -> dict:
+    ordered = sorted(seconds)
+    return {
+        "median_ms": statistics.median(ordered) * 1e3,
+        "min_ms": ordered[0] * 1e3,
+        "max_ms": ordered[-1] * 1e3,
+        "runs": len(ordered),
+    }
+
+
+@dataclass
+class _InferenceMode:
+    name: str
+    options: Optional[FastOptions]
+    run: Callable[[], tuple]
+    build_s: float
+
+
+def _faithful_inference(model: nn.Module, images: torch.Tensor) -> Callable[[], tuple]:
+    def run():
+        with torch.no_grad():
+            features, routing = model.backbone.forward_with_routing(images)
+            logits, _ = model.sem_seg_head(features)
+        return logits, features, routing
+
+    return run
+
+
+def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int, int],
+                        batch: int, warmup: int, iters: int, seed: int = 0) -> List[dict]:
+    """One record per mode: latency of backbone + decoder (with the routing record and its
+    FLOPs) on a random normalised batch (``batch``, 3, *size), real GFLOPs per image, and
+    agreement with the faithful path."""
+    unknown = [m for m in modes if m not in INFERENCE_MODES]
+    if unknown:
+        raise ValueError(f"Unknown inference modes {unknown}; known: {list(INFERENCE_MODES)}.")
+    device = model.pixel_mean.device
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    images = (torch.randn(batch, 3, *size, generator=g) * 50).to(device)
+    built: List[_InferenceMode] = []
+    for name in modes:
+        options = INFERENCE_MODES[name]
+        start = time.perf_counter()
+        if options is None:
+            run = _faithful_inference(model, images)
+        else:
+            run = functools.partial(FastSegmentationModel(model, options), images)
+        built.append(_InferenceMode(name, options, run, time.perf_counter() - start))
+
+    reference = _faithful_inference(model, images)()[0]
+    all_open = all_open_real_gflops(model, model.backbone.counting_size(images))
+    outputs, memory = {}, {}
+    for mode in built:  # first call: outputs, memory, and (with compile) the compilation
+        with _peak_memory(device) as mem:
+            start = time.perf_counter()
+            outputs[mode.name] = mode.run()
+            _sync(device)
+            mem["first_call_s"] = time.perf_counter() - start
+        memory[mode.name] = mem
+    times = _interleaved({m.name: m.run for m in built}, warmup, iters, device)
+
+    records = []
+    base = statistics.median(times["faithful"]) if "faithful" in times else None
+    for mode in built:
+        logits, features, routing = outputs[mode.name]
+        real = model.image_flops(features, routing, images)[0]
+        real_gflops = float(real.mean()) * GIGA_PER_MEGA
+        record = {
+            "task": "inference",
+            "mode": mode.name,
+            "size": list(size),
+            "batch": batch,
+            **_stats(times[mode.name]),
+            "images_per_s": batch / statistics.median(times[mode.name]),
+            "real_gflops": real_gflops,
+            "all_open_real_gflops": all_open,
+            "shut_real_flops_share": 1.0 - real_gflops / all_open,
+            "max_abs_logit": float(reference.abs().max()),
+            "max_abs_diff": float((logits.float() - reference).abs().max()),
+            "argmax_agreement": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
+            "build_s": mode.build_s,
+            **memory[mode.name],
+            "options": mode.options.describe() if mode.options is not None else None,
+        }
+        if base is not None:
+            record["speedup_vs_faithful"] = base / statistics.median(times[mode.name])
+        records.append(record)
+    return records
+
+
+def _training_batch(size: Tuple[int, int], batch: int, classes: int, device: torch.device,
+                    seed: int) -> List[dict]:
+    g = torch.Generator().manual_seed(seed + 2)
+    return [
+        {
+            "image": (torch.rand(3, *size, generator=g) * 255).to(device),
+            "sem_seg": torch.randint(0, classes, tuple(size), generator=g).to(device),
+        }
+        for _ in range(batch)
+    ]
+
+
+def benchmark_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, int],
+                       batch: int, warmup: int, iters: int, seed: int = 0) -> List[dict]:
+    """One record per mode: seconds per training step (forward, losses, backward, SGD step)
+    on a random batch, images per second, and memory. Each mode trains its own copy."""
+    unknown = [m for m in modes if m not in TRAINING_MODES]
+    if unknown:
+        raise ValueError(f"Unknown training modes {unknown}; known: {list(TRAINING_MODES)}.")
+    device = model.pixel_mean.device
+    classes = model.sem_seg_head.predictor.out_channels
+    data = _training_batch(size, batch, classes, device, seed)
+    steps, memory = {}, {}
+    for name in modes:
+        options = TRAINING_MODES[name]
+        replica = prepare_for_training(copy.deepcopy(model).train(), options)
+        replica.step_rate = 0.5
+        optimizer = torch.optim.SGD(replica.parameters(), lr=1e-6, momentum=0.9)
+
+        def step(replica=replica, optimizer=optimizer, options=options):
+            with training_autocast(options, device):
+                losses = replica(data)
+            total = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            return total
+
+        with _peak_memory(device) as mem:
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            mem["first_call_s"] = time.perf_counter() - start
+        steps[name], memory[name] = step, mem
+    times = _interleaved(steps, warmup, iters, device)
+    base = statistics.median(times["faithful"]) if "faithful" in times else None
+    records = []
+    for name in modes:
+        med = statistics.median(times[name])
+        record = {
+            "task": "train",
+            "mode": name,
+            "size": list(size),
+            "batch": batch,
+            **_stats(times[name]),
+            "images_per_s": batch / med,
+            **memory[name],
+            "options": TRAINING_MODES[name].__dict__,
+        }
+        if base is not None:
+            record["speedup_vs_faithful"] = base / med
+        records.append(record)
+    return records

@@ -1,0 +1,407 @@
+"""The fast paths compute what the faithful eager path computes (fp32 within 1e-4)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_cfg
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling import build_model
+from torch import nn
+
+from dyn_seg.fast import (
+    FastDynamicNetwork,
+    FastInference,
+    FastOptions,
+    FastSegmentationModel,
+    GatePattern,
+    TrainingOptions,
+    apply_gate_pattern,
+    calibrate_batch_norm,
+    fold_conv,
+    plan_cell,
+    prepare_for_training,
+    random_gate_pattern,
+    training_autocast,
+)
+from dyn_seg.modeling.flops import GATE_EPS
+
+ATOL = 1e-4
+
+
+def _images(n: int, seed: int, size=(64, 128)) -> torch.Tensor:
+    """Images with different brightness and contrast, so that gates differ per image."""
+    g = torch.Generator().manual_seed(seed)
+    offset = torch.linspace(-60, 60, n).view(n, 1, 1, 1)
+    contrast = torch.linspace(10, 60, n).view(n, 1, 1, 1)
+    return torch.randn(n, 3, *size, generator=g) * contrast + offset
+
+
+def _model(seed: int = 0, **overrides):
+    """A tiny eval-mode model with calibrated norms and input-dependent random gates."""
+    torch.manual_seed(seed)
+    model = build_model(tiny_cfg(**overrides))
+    calibrate_batch_norm(model, lambda b: model.sem_seg_head.layers(model.backbone(b)),
+                         [_images(4, seed + 100 + k) for k in range(2)])
+    with torch.no_grad():
+        for cell in model.backbone.all_cells():
+            if cell.gate is not None:
+                cell.gate.proj.weight.normal_(0.0, 10.0)
+                cell.gate.proj.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def _faithful(model, x):
+    with torch.no_grad():
+        features, routing = model.backbone.forward_with_routing(x)
+        return model.sem_seg_head(features)[0], features, routing
+
+
+def _assert_same(model, x, options: FastOptions, atol: float = ATOL):
+    ref_logits, ref_features, ref_routing = _faithful(model, x)
+    logits, features, routing = FastSegmentationModel(model, options)(x)
+    torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=0)
+    assert features.keys() == ref_features.keys()
+    for name, ref in ref_features.items():
+        assert (features[name] is None) == (ref is None), name
+        if ref is not None:
+            torch.testing.assert_close(features[name], ref, atol=atol, rtol=0)
+    assert routing.cells.keys() == ref_routing.cells.keys()
+    for key, ref in ref_routing.cells.items():
+        got = routing.cells[key]
+        assert got.dropped == ref.dropped, key
+        assert (got.alpha is None) == (ref.alpha is None), key
+        if ref.alpha is not None:
+            torch.testing.assert_close(got.alpha, ref.alpha, atol=1e-5, rtol=0)
+    torch.testing.assert_close(routing.real_flops, ref_routing.real_flops)
+    torch.testing.assert_close(routing.expected_flops, ref_routing.expected_flops)
+    assert routing.stem_flops == ref_routing.stem_flops
+    return ref_routing
+
+
+def _mixed_cells(routing) -> int:
+    """Cells where some images run the operations and others keep their input."""
+    count = 0
+    for cell in routing.cells.values():
+        if cell.alpha is not None and not cell.dropped:
+            shut = cell.alpha.sum(dim=1) < GATE_EPS
+            paths_differ = ((cell.alpha > 0).any(0) != (cell.alpha > 0).all(0)).any()
+            count += int(bool(shut.any() and not shut.all()) or bool(paths_differ))
+    return count
+
+
+# -- folding -------------------------------------------------------------------------------
+
+
+def _randomise_norm(norm: nn.Module) -> None:
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("norm_name", ["BN", "FrozenBN", "GN"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_folded_conv_equals_conv_norm_relu(norm_name, bias):
+    from detectron2.layers import get_norm
+
+    torch.manual_seed(0)
+    conv = Conv2d(32, 32, 3, padding=1, bias=bias, norm=get_norm(norm_name, 32),
+                  activation=F.relu).eval()
+    if norm_name != "GN":
+        _randomise_norm(conv.norm)
+    x = torch.randn(2, 32, 9, 11)
+    folded = fold_conv(conv)
+    assert (folded.norm is None) == (norm_name != "GN")  # GroupNorm cannot be folded
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_folding_keeps_the_source_module_unchanged():
+    conv = Conv2d(8, 8, 1, norm=nn.GroupNorm(2, 8)).train()
+    folded = fold_conv(conv)
+    folded.eval()
+    assert conv.training and conv.norm.training
+    assert folded.norm is not conv.norm
+
+
+def test_frozen_batch_norm_folds_like_batch_norm():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4).eval()
+    _randomise_norm(bn)
+    frozen = FrozenBatchNorm2d(4, eps=bn.eps)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(frozen, name).copy_(getattr(bn, name).detach())
+    a_conv = Conv2d(4, 4, 1, norm=bn)
+    b_conv = Conv2d(4, 4, 1, norm=frozen)
+    b_conv.load_state_dict(a_conv.state_dict(), strict=False)
+    a, b = fold_conv(a_conv), fold_conv(b_conv)
+    assert a.norm is None and b.norm is None
+    torch.testing.assert_close(a.weight, b.weight)
+    torch.testing.assert_close(a.bias, b.bias)
+
+
+# -- planning ------------------------------------------------------------------------------
+
+
+def test_plan_drops_cell_when_batch_activations_sum_below_eps():
+    plan = plan_cell([[0.0, 2e-5], [3e-5, 0.0]], ("keep", "down"), batch=2)
+    assert plan.dropped
+
+
+def test_plan_keeps_tiny_activations_that_the_faithful_path_multiplies():
+    # image 0 is shut (sum < eps) but its keep activation is above 0: alpha * act counts
+    plan = plan_cell([[5e-5, 0.0], [0.5, 0.5]], ("keep", "down"), batch=2)
+    assert not plan.dropped
+    assert plan.shut_rows == [0]
+    assert plan.ops_rows is None
+    assert plan.path_rows == {"keep": None, "down": [1]}
+
+
+def test_plan_runs_operations_only_for_images_with_an_open_path():
+    alpha = [[0.0, 0.0, 0.0], [0.9, 0.0, 0.0], [0.0, 0.0, 0.7]]
+    plan = plan_cell(alpha, ("keep", "up", "down"), batch=3)
+    assert plan.ops_rows == [1, 2]
+    assert plan.path_rows == {"keep": [1], "up": [], "down": [2]}
+    assert plan.shut_rows == [0]
+
+
+def test_plan_without_per_image_routing_keeps_whole_batches():
+    alpha = [[0.0, 0.0, 0.0], [0.9, 0.0, 0.0], [0.0, 0.0, 0.7]]
+    plan = plan_cell(alpha, ("keep", "up", "down"), batch=3, per_image_routing=False)
+    assert plan.ops_rows is None
+    assert plan.path_rows == {"keep": None, "up": [], "down": None}
+    dense = plan_cell(alpha, ("keep", "up", "down"), batch=3, skip_closed_paths=False,
+                      per_image_routing=False)
+    assert dense.path_rows == {"keep": None, "up": None, "down": None}
+
+
+def test_plan_without_gates_runs_everything():
+    plan = plan_cell(None, ("keep", "up"), batch=4)
+    assert not plan.dropped and plan.ops_rows is None and plan.shut_rows == []
+
+
+def test_per_image_routing_needs_skipping_closed_paths():
+    with pytest.raises(ValueError, match="SKIP_CLOSED_PATHS"):
+        FastOptions(skip_closed_paths=False, per_image_routing=True)
+
+
+# -- whole network -------------------------------------------------------------------------
+
+VARIANTS = {
+    "default": FastOptions(),
+    "nchw": FastOptions(channels_last=False),
+    "unfolded": FastOptions(fold_bn=False),
+    "whole_batch_skipping": FastOptions(per_image_routing=False),
+    "no_skipping": FastOptions(skip_closed_paths=False, per_image_routing=False),
+}
+
+
+@pytest.fixture(scope="module")
+def routed_model():
+    return _model(seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_fast_path_equals_faithful_on_batch_with_different_routes(routed_model, name):
+    x = _images(6, seed=1)
+    ref_routing = _assert_same(routed_model, x, VARIANTS[name])
+    assert _mixed_cells(ref_routing) >= 2  # the batch really routes images differently
+
+
+def test_fast_path_equals_faithful_image_by_image(routed_model):
+    x = _images(6, seed=1)
+    for i in range(x.shape[0]):
+        _assert_same(routed_model, x[i:i + 1], FastOptions())
+
+
+def test_fast_path_equals_faithful_with_all_gates_open():
+    model = _model(seed=2)
+    apply_gate_pattern(model.backbone, GatePattern())
+    routing = _assert_same(model, _images(2, seed=3), FastOptions())
+    assert not any(c.dropped for c in routing.cells.values())
+
+
+@pytest.mark.parametrize("unit", ["path", "cell"])
+def test_fast_path_equals_faithful_with_forced_closed_gates(unit):
+    model = _model(seed=3)
+    pattern = random_gate_pattern(model.backbone, 0.5, unit=unit, seed=4)
+    apply_gate_pattern(model.backbone, pattern)
+    routing = _assert_same(model, _images(2, seed=5), FastOptions())
+    assert any(c.dropped for c in routing.cells.values()) or unit == "path"
+
+
+def test_cell_whose_inputs_are_all_closed_paths_still_runs_on_zeros():
+    # (1, 0) reads (0, 0) keep and (0, 1) up, (1, 2) reads only (0, 1) down: all closed.
+    # Both receive zero tensors (not nothing): they run their gates on zeros, as faithful.
+    model = _model(seed=4)
+    pattern = GatePattern({(0, 0): ("keep",), (0, 1): ("up", "down")})
+    apply_gate_pattern(model.backbone, pattern)
+    routing = _assert_same(model, _images(2, seed=6), FastOptions())
+    for key in [(0, 0), (0, 1), (1, 0), (1, 2)]:
+        assert not routing.cells[key].dropped and routing.cells[key].alpha is not None
+
+
+def test_cell_whose_inputs_are_all_nothing_is_dropped():
+    # (0, 1) closes every path: it is dropped (keep = X, up and down are nothing), so
+    # (1, 2), whose only input is (0, 1) down, receives nothing and is dropped without gate
+    model = _model(seed=5)
+    pattern = GatePattern({(0, 1): ("keep", "up", "down")})
+    apply_gate_pattern(model.backbone, pattern)
+    routing = _assert_same(model, _images(2, seed=7), FastOptions())
+    assert routing.cells[(0, 1)].dropped and routing.cells[(0, 1)].alpha is not None
+    assert routing.cells[(1, 2)].dropped and routing.cells[(1, 2)].alpha is None
+
+
+def test_fast_path_equals_faithful_without_gates():
+    model = _model(seed=6, **{"MODEL.GATE.GATE_ON": False})
+    _assert_same(model, _images(3, seed=8), FastOptions())
+
+
+def test_fast_path_equals_faithful_with_small_gates_and_other_operations():
+    model = _model(seed=7, **{"MODEL.GATE.SMALL_GATE": True,
+                              "MODEL.BACKBONE.CELL_TYPE": ["sep_conv_5x5", "MBConv_3x3",
+                                                           "skip_connect"]})
+    _assert_same(model, _images(3, seed=9), FastOptions())
+
+
+def test_bf16_fast_path_agrees_on_argmax(routed_model):
+    x = _images(2, seed=10)
+    ref_logits, _, _ = _faithful(routed_model, x)
+    logits, _, _ = FastSegmentationModel(routed_model, FastOptions(bf16=True))(x)
+    assert logits.dtype == torch.float32
+    agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
+    assert agreement >= 0.97, agreement
+
+
+def test_compiled_fast_path_equals_faithful(routed_model):
+    # the "eager" backend traces every compiled module through torch.compile quickly
+    _assert_same(routed_model, _images(2, seed=11), FastOptions(compile="eager"))
+
+
+def test_fast_network_is_inference_only(routed_model):
+    net = FastDynamicNetwork(routed_model.backbone)
+    with pytest.raises(RuntimeError, match="inference only"):
+        net.train()
+
+
+# -- meta-architecture hook ----------------------------------------------------------------
+
+
+def _inputs(x: torch.Tensor, model) -> list:
+    mean, std = model.pixel_mean, model.pixel_std
+    return [{"image": img * std + mean} for img in x]
+
+
+def test_segmentor_uses_fast_path_when_enabled_and_matches_faithful():
+    model = _model(seed=8, **{"MODEL.FAST.ENABLED": True})
+    assert isinstance(model.fast_inference, FastInference)
+    inputs = _inputs(_images(3, seed=12, size=(60, 120)), model)  # padded to 64 x 128
+    with torch.no_grad():
+        out = model(inputs)
+        fast, model.fast_inference = model.fast_inference, None
+        ref = model(inputs)
+        model.fast_inference = fast
+    for a, b in zip(ref, out):
+        assert b["sem_seg"].shape == a["sem_seg"].shape == (19, 60, 120)
+        torch.testing.assert_close(b["sem_seg"], a["sem_seg"], atol=ATOL, rtol=0)
+        assert b["flops"] == pytest.approx(a["flops"], rel=1e-6)
+        assert a["routing"].keys() == b["routing"].keys()
+        for key in a["routing"]:
+            torch.testing.assert_close(b["routing"][key], a["routing"][key], atol=1e-5, rtol=0)
+
+
+def test_fast_path_is_off_by_default():
+    assert build_model(tiny_cfg()).fast_inference is None
+
+
+def test_segmentor_fast_copy_follows_weight_changes():
+    model = _model(seed=9, **{"MODEL.FAST.ENABLED": True})
+    inputs = _inputs(_images(1, seed=13), model)
+    with torch.no_grad():
+        first = model(inputs)[0]["sem_seg"]
+        cached = model.fast_inference.fast_model(model)
+        assert model.fast_inference.fast_model(model) is cached  # unchanged weights: reused
+        model.sem_seg_head.predictor.bias.add_(1.0)
+        second = model(inputs)[0]["sem_seg"]
+    assert model.fast_inference.fast_model(model) is not cached
+    torch.testing.assert_close(second, first + 1.0, atol=ATOL, rtol=0)
+
+
+def test_segmentor_trains_on_faithful_path_when_fast_enabled():
+    model = build_model(tiny_cfg(**{"MODEL.FAST.ENABLED": True})).train()
+    batch = [{"image": torch.rand(3, 64, 64) * 255, "sem_seg": torch.zeros(64, 64).long()}]
+    losses = model(batch)
+    losses["loss_sem_seg"].backward()
+    assert model.backbone.init_cell.gate.proj.weight.grad is not None
+
+
+# -- training helpers ----------------------------------------------------------------------
+
+
+def test_prepared_training_model_gives_the_same_loss_and_state_dict_keys():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    batch = [{"image": torch.rand(3, 64, 64) * 255, "sem_seg": torch.randint(0, 19, (64, 64))}
+             for _ in range(2)]
+    prepared = copy.deepcopy(model)
+    options = TrainingOptions(channels_last=True, compile="eager")
+    prepare_for_training(prepared, options)
+    assert prepared.state_dict().keys() == model.state_dict().keys()
+    assert model.backbone.stem.stem_1.weight.is_contiguous()
+    assert prepared.backbone.stem.stem_1.weight.is_contiguous(memory_format=torch.channels_last)
+    ref = model(batch)["loss_sem_seg"]
+    with training_autocast(options, torch.device("cpu")):
+        loss = prepared(batch)["loss_sem_seg"]
+    torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-4)
+    loss.backward()
+    assert prepared.backbone.init_cell.gate.proj.weight.grad is not None
+
+
+def test_bf16_training_autocast_runs_in_bfloat16():
+    options = TrainingOptions(bf16=True)
+    conv = nn.Conv2d(3, 4, 1)
+    with training_autocast(options, torch.device("cpu")):
+        assert conv(torch.randn(1, 3, 4, 4)).dtype == torch.bfloat16
+
+
+# -- gate patterns -------------------------------------------------------------------------
+
+
+def test_gate_pattern_closes_the_chosen_share_and_opens_the_rest():
+    model = build_model(tiny_cfg()).eval()
+    net = model.backbone
+    total = sum(len(s.paths) for layer in net.cell_specs for s in layer)
+    pattern = random_gate_pattern(net, 0.5, unit="path", seed=0)
+    assert pattern.num_closed() == round(0.5 * total)
+    assert pattern == random_gate_pattern(net, 0.5, unit="path", seed=0)
+    apply_gate_pattern(net, pattern)
+    _, routing = net.forward_with_routing(torch.randn(2, 3, 64, 64))
+    for (layer, scale), cell in routing.cells.items():
+        if cell.alpha is None:
+            continue
+        spec = net.init_spec if layer < 0 else net.cell_specs[layer][scale]
+        closed = pattern.closed.get((layer, scale), ())
+        for k, path in enumerate(spec.paths):
+            expected = 0.0 if path in closed else float(torch.tanh(torch.tensor(8.0)))
+            assert torch.all(cell.alpha[:, k] == expected)
+
+
+def test_cell_gate_pattern_closes_whole_cells():
+    net = build_model(tiny_cfg()).backbone
+    pattern = random_gate_pattern(net, 0.25, unit="cell", seed=1)
+    cells = [s for layer in net.cell_specs for s in layer]
+    assert len(pattern.closed) == round(0.25 * len(cells))
+    for (layer, scale), paths in pattern.closed.items():
+        assert paths == net.cell_specs[layer][scale].paths
+
+
+def test_calibration_sets_running_statistics_and_restores_modes():
+    model = build_model(tiny_cfg()).eval()
+    bn = model.backbone.stem.stem_1.norm
+    n = calibrate_batch_norm(model, lambda b: model.backbone(b), [torch.randn(2, 3, 64, 64)])
+    assert n > 0 and not model.training and bn.momentum == 0.1
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
