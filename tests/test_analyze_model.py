@@ -1,0 +1,84 @@
+"""The model analysis tool: analytic and fvcore FLOPs, parameter counts per part."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import REPO, tiny_cfg
+from detectron2.modeling import build_model
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("tool_analyze_model",
+                                                  REPO / "tools" / "analyze_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(tiny_cfg().dump())
+    return str(path)
+
+
+def _run_json(tool, capsys, *args):
+    tool.main(["--format", "json", *args])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_report_has_analytic_fvcore_and_parameter_counts(tool, config_file, capsys):
+    report = _run_json(tool, capsys, "--config-file", config_file, "--size", "60x120")
+    assert report["input_size"] == [60, 120]
+    assert report["counting_size"] == [64, 128]  # padded to MAX_STRIDE
+
+    open_ = report["analytic_gflops"]["all_open"]
+    parts = open_["expected"] + open_["gates"] + open_["stem"] + open_["head"]
+    assert open_["real"] == pytest.approx(parts)
+    assert open_["gates"] > 0
+    forward = report["analytic_gflops"]["forward"]
+    assert 0 < forward["expected"] <= open_["expected"] + 1e-9
+    assert 0 < forward["real"] <= open_["real"] + 1e-9
+
+    fv = report["fvcore_gflops"]
+    assert fv["by_operator"]["conv"] > 0 and "upsample_bilinear2d" in fv["by_operator"]
+    assert fv["total"] == pytest.approx(sum(fv["by_operator"].values()))
+    assert fv["total"] == pytest.approx(fv["backbone"] + fv["head"])
+    assert "aten::add" in fv["uncounted_operators"]
+
+    params = report["parameters"]
+    total = sum(p.numel() for p in build_model(tiny_cfg()).parameters())
+    assert params["total"] == total
+    summed = params["stem"] + params["init_cell"] + sum(params["layers"].values())
+    assert summed + params["gates"] + params["head"] == total
+    assert params["other"] == 0 and len(params["layers"]) == 4
+
+
+def test_network_fix_has_dynamic_parameters_minus_gates(tool, config_file, capsys):
+    dynamic = _run_json(tool, capsys, "--config-file", config_file, "--size", "64x64")
+    fixed = _run_json(tool, capsys, "--config-file", config_file, "--size", "64x64",
+                      "--opts", "MODEL.GATE.GATE_ON", "False")
+    assert fixed["parameters"]["gates"] == 0
+    assert fixed["parameters"]["total"] == dynamic["parameters"]["without_gates"]
+    # without gates every path is open: the forward costs what the all-open count says
+    analytic = fixed["analytic_gflops"]
+    assert analytic["forward"]["real"] == pytest.approx(analytic["all_open"]["real"], rel=1e-6)
+    assert analytic["forward"]["active_path_rate"] == 1.0
+
+
+def test_table_format_lists_parts(tool, config_file, capsys):
+    tool.main(["--config-file", config_file, "--size", "64x64"])
+    text = capsys.readouterr().out
+    for needle in ("analytic, all paths open", "fvcore, same forward", "gates",
+                   "total without gates (Network-Fix)", "layer 3 cells"):
+        assert needle in text
+
+
+def test_bad_size_names_the_expected_form(tool):
+    with pytest.raises(SystemExit, match="HxW"):
+        tool.parse_size("1024by2048")
+    assert tool.parse_size("1024x2048") == (1024, 2048)
+    assert tool.counting_size((1000, 2000), 32) == (1024, 2016)

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Draw the routes a Dynamic Routing model takes over a set of images.
+
+Runs every image through the model exactly as at inference (detectron2's
+``DefaultPredictor``: test-time resize, input format, batch of one) and writes
+
+* ``OUTPUT/routing.png``: the routing space, each path drawn with the share of images in
+  which it is active (line width) and its mean gate activation (colour);
+* ``OUTPUT/routing.json``: the same statistics, per-layer activation rates, dropped-cell
+  counts and the real / expected GFLOPs (mean, min, max);
+* with ``--per-image``: ``OUTPUT/images/NNNNN_NAME.png``, each image beside its own route.
+
+Examples::
+
+    python tools/visualize_routing.py --config-file configs/Cityscapes/Dynamic-L16-B.yaml \\
+        --weights model_final.pth --dataset cityscapes_fine_sem_seg_val --max-images 100 \\
+        --output routing_l16b
+    python tools/visualize_routing.py --config-file my.yaml --input 'photos/*.jpg' \\
+        --output routing_photos --per-image --opts MODEL.DEVICE cpu
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import tqdm
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+
+from dyn_seg import add_dynamic_routing_config
+from dyn_seg.checkpoint import DynSegCheckpointer
+from dyn_seg.visualization import RoutingStats, draw_image_route, draw_routing, format_gflops
+
+logger = logging.getLogger("dyn_seg.visualize_routing")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    description, examples = __doc__.split("Examples::", 1)
+    parser = argparse.ArgumentParser(
+        description=description.strip().replace("``", ""),
+        epilog="examples:" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="model config (yaml); default: the built-in Dynamic L16 defaults")
+    parser.add_argument("--weights", default="", metavar="FILE",
+                        help="model weights (.pth, dyn_seg or reference names); default: "
+                             "random initialisation (seeded by --seed)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", metavar="NAME",
+                        help="a registered detectron2 dataset, e.g. cityscapes_fine_sem_seg_val")
+    source.add_argument("--input", metavar="FOLDER_OR_GLOB",
+                        help="a folder (searched recursively for images) or a glob pattern "
+                             "(quote it), e.g. 'frames/*.png'")
+    parser.add_argument("--max-images", type=int, default=0, metavar="N",
+                        help="use at most N images (0: all)")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for routing.png, routing.json (and images/)")
+    parser.add_argument("--per-image", action="store_true",
+                        help="also write one PNG per image with its route beside the image")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random initialisation when no --weights are given")
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides, e.g. --opts MODEL.DEVICE cpu INPUT.MIN_SIZE_TEST "
+                             "512 (must come last)")
+    return parser
+
+
+def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    cfg = get_cfg()
+    add_dynamic_routing_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but no GPU is available: running on the CPU.",
+                       cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    # weights are loaded by DynSegCheckpointer (safe loading, reference-name conversion)
+    cfg.MODEL.WEIGHTS = ""
+    cfg.freeze()
+    return cfg
+
+
+def list_images(args: argparse.Namespace) -> List[str]:
+    """Image paths from ``--dataset`` or ``--input``, cut to ``--max-images``."""
+    if args.dataset:
+        if args.dataset not in DatasetCatalog.list():
+            raise SystemExit(
+                f"--dataset {args.dataset!r} is not registered; registered datasets include "
+                f"{sorted(DatasetCatalog.list())[:12]} ... (register yours with "
+                "detectron2.data.DatasetCatalog.register, or use --input FOLDER)."
+            )
+        paths = [d["file_name"] for d in DatasetCatalog.get(args.dataset)]
+    elif os.path.isdir(args.input):
+        paths = sorted(
+            p for p in glob.glob(os.path.join(args.input, "**", "*"), recursive=True)
+            if p.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    else:
+        paths = sorted(glob.glob(os.path.expanduser(args.input), recursive=True))
+    if not paths:
+        source = f"--dataset {args.dataset}" if args.dataset else f"--input {args.input}"
+        raise SystemExit(
+            f"no images found for {source}; in folders these extensions are searched: "
+            f"{', '.join(IMAGE_EXTENSIONS)}."
+        )
+    if args.max_images > 0:
+        paths = paths[: args.max_images]
+    return paths
+
+
+def build_predictor(cfg: CfgNode, weights: str, seed: int) -> DefaultPredictor:
+    torch.manual_seed(seed)
+    predictor = DefaultPredictor(cfg)
+    if weights:
+        DynSegCheckpointer(predictor.model).load(weights)
+    return predictor
+
+
+def run_images(predictor: DefaultPredictor, paths: Sequence[str]
+               ) -> Iterator[Tuple[str, np.ndarray, dict]]:
+    """Yield ``(path, BGR image, inference output)`` per image, with a progress bar."""
+    for path in tqdm.tqdm(paths, desc="routing", unit="img", file=sys.stderr):
+        image = read_image(path, format="BGR")
+        yield path, image, predictor(image)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the tool; returns the statistics written to ``routing.json``."""
+    args = get_parser().parse_args(argv)
+    cfg = setup_cfg(args)
+    paths = list_images(args)
+    predictor = build_predictor(cfg, args.weights, args.seed)
+    backbone = predictor.model.backbone
+    space = (backbone.init_spec, backbone.cell_specs)
+    stats = RoutingStats(space)
+    os.makedirs(args.output, exist_ok=True)
+    for index, (path, image, output) in enumerate(run_images(predictor, paths)):
+        stats.add(output)
+        if args.per_image:
+            name = os.path.splitext(os.path.basename(path))[0]
+            title = os.path.basename(path)
+            if "flops" in output:
+                flops = output["flops"]
+                title += (f": real {format_gflops(flops['real'])} GFLOPs, expected "
+                          f"{format_gflops(flops['expected'])} GFLOPs")
+            draw_image_route(
+                image, output["routing"],
+                os.path.join(args.output, "images", f"{index:05d}_{name}.png"),
+                routing_space=space, title=title,
+            )
+
+    result = stats.to_dict()
+    result["config_file"] = args.config_file or None
+    result["weights"] = args.weights or None
+    result["source"] = f"dataset:{args.dataset}" if args.dataset else f"input:{args.input}"
+    with open(os.path.join(args.output, "routing.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    draw_routing(stats, os.path.join(args.output, "routing.png"))
+    logger.info("wrote %s", os.path.join(args.output, "routing.{png,json}"))
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main()
