@@ -5,6 +5,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 from conftest import REPO, tiny_cfg
 from detectron2.modeling import build_model
 
@@ -42,8 +43,23 @@ def test_inference_benchmark_prints_one_json_line_per_mode(capsys):
     fp32 = [r for r in records if r["mode"] in ("faithful", "fast-base", "fast")]
     for r in fp32:
         assert r["max_abs_diff"] < 1e-3 and r["argmax_agreement"] == 1.0
+        assert r["argmax_differing_pixels"] == 0
         assert r["real_gflops"] == pytest.approx(records[0]["real_gflops"], rel=1e-6)
     assert records[-1]["argmax_agreement"] > 0.9  # bf16
+
+
+def test_argmax_disagreement_reports_the_margin_of_differing_pixels():
+    from dyn_seg.fast.benchmark import _argmax_agreement
+
+    reference = torch.zeros(1, 3, 2, 2)
+    reference[0, 0] = 1.0  # class 0 everywhere, margin 1 ...
+    reference[0, 1, 0, 0] = 0.99995  # ... except a near tie at (0, 0)
+    logits = reference.clone()
+    logits[0, 1, 0, 0] += 1e-4  # rounding flips the tie only
+    out = _argmax_agreement(logits, reference)
+    assert out["argmax_differing_pixels"] == 1 and out["argmax_agreement"] == 0.75
+    assert out["argmax_differing_max_margin"] == pytest.approx(5e-5, abs=1e-6)
+    assert _argmax_agreement(reference, reference)["argmax_differing_pixels"] == 0
 
 
 def test_training_benchmark_reports_throughput_per_mode(capsys):

@@ -314,8 +314,9 @@ def test_segmentor_uses_fast_path_when_enabled_and_matches_faithful():
             torch.testing.assert_close(b["routing"][key], a["routing"][key], atol=1e-5, rtol=0)
 
 
-def test_fast_path_is_off_by_default():
-    assert build_model(tiny_cfg()).fast_inference is None
+def test_fast_path_is_on_by_default_and_can_be_switched_off():
+    assert isinstance(build_model(tiny_cfg()).fast_inference, FastInference)
+    assert build_model(tiny_cfg(**{"MODEL.FAST.ENABLED": False})).fast_inference is None
 
 
 def test_segmentor_fast_copy_follows_weight_changes():

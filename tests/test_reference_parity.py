@@ -51,6 +51,7 @@ def reference_cfg(official):
     cfg.INPUT.FIX_SIZE_FOR_FLOPS = official["FIX_SIZE_FOR_FLOPS"]
     cfg.MODEL.PIXEL_MEAN = official["PIXEL_MEAN"]
     cfg.MODEL.PIXEL_STD = official["PIXEL_STD"]
+    cfg.MODEL.FAST.ENABLED = False  # the faithful eager path is the ground truth
     return cfg
 
 
@@ -96,6 +97,26 @@ def test_eval_logits_match_reference_batched_and_per_image(eval_outputs, referen
         assert batched[i]["sem_seg"].shape == ref_b.shape
         assert _max_rel(batched[i]["sem_seg"], ref_b) < LOGIT_RTOL
         assert _max_rel(single[i]["sem_seg"], ref_s) < LOGIT_RTOL
+
+
+def test_default_fast_inference_path_matches_reference_too(converted, reference_fixture):
+    """MODEL.FAST.ENABLED (the default) folds norms and skips closed paths: same logits
+    within 1e-4 relative, same FLOPs, batched and per image."""
+    from dyn_seg.fast import FastInference
+
+    model = copy.deepcopy(converted[0]).eval()
+    model.fast_inference = FastInference()
+    inputs = [{"image": im, "height": im.shape[1], "width": im.shape[2]}
+              for im in reference_fixture["images"]]
+    with torch.no_grad():
+        batched, single = model(inputs), [model([x])[0] for x in inputs]
+    record = reference_fixture["eval_batched"]
+    for i in range(len(batched)):
+        assert _max_rel(batched[i]["sem_seg"], record["sem_seg"][i]) < LOGIT_RTOL
+        ref_single = reference_fixture["eval_single"][i]
+        assert _max_rel(single[i]["sem_seg"], ref_single["sem_seg"]) < LOGIT_RTOL
+        assert single[i]["flops"]["real"] * 1e3 == pytest.approx(
+            ref_single["real_flops_mflops"], rel=FLOPS_RTOL)
 
 
 def test_eval_flops_match_reference_per_image_and_batch_mean(eval_outputs, reference_fixture):
