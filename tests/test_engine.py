@@ -392,3 +392,23 @@ def test_budget_loss_starts_at_unupdate_rate_and_warms_up_over_two_percent(
     assert weights[96] == pytest.approx(0.5, rel=1e-3)
     for it in (97, 98, 99):
         assert weights[it] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_trainer_applies_the_fast_training_switches(tiny_train_set, tmp_path):
+    cfg = tiny_cfg(**{
+        "MODEL.FAST.TRAIN_BF16": True, "MODEL.FAST.TRAIN_CHANNELS_LAST": True,
+        "DATASETS.TRAIN": (tiny_train_set,), "DATASETS.TEST": (),
+        "INPUT.MIN_SIZE_TRAIN": (32,), "INPUT.MAX_SIZE_TRAIN": 1000,
+        "INPUT.CROP.SIZE": [32, 32],
+        "DATALOADER.NUM_WORKERS": 0, "SOLVER.IMS_PER_BATCH": 2, "SOLVER.BASE_LR": 0.001,
+        "SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 1000, "TEST.EVAL_PERIOD": 0,
+        "OUTPUT_DIR": str(tmp_path),
+    })
+    trainer = Trainer(cfg)
+    model = trainer.model
+    assert model.train_bf16
+    stem = model.backbone.stem.stem_1.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    trainer.train()
+    assert math.isfinite(trainer.storage.history("total_loss").latest())
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -406,3 +406,54 @@ def test_calibration_sets_running_statistics_and_restores_modes():
     n = calibrate_batch_norm(model, lambda b: model.backbone(b), [torch.randn(2, 3, 64, 64)])
     assert n > 0 and not model.training and bn.momentum == 0.1
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
+# -- bf16 training ------------------------------------------------------------------------
+
+
+def _block_scenes(n: int, seed: int):
+    """Images of coloured 8x8-pixel blocks whose class is their colour (learnable)."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 4, (n, 8, 8), generator=g)
+    colours = torch.tensor([[40.0, 40, 40], [220, 40, 40], [40, 220, 40], [40, 40, 220]])
+    images = colours[classes].permute(0, 3, 1, 2)  # (n, 3, 8, 8)
+    images = F.interpolate(images, scale_factor=8, mode="nearest")
+    images = images + torch.randn(images.shape, generator=g) * 20
+    labels = F.interpolate(classes[:, None].float(), scale_factor=8, mode="nearest")
+    return [{"image": im, "sem_seg": lb[0].long()} for im, lb in zip(images, labels)]
+
+
+def _loss_curve(model, batch, steps):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    curve = []
+    for step in range(steps):
+        model.step_rate = step / steps
+        losses = model(batch)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        curve.append(float(losses["loss_sem_seg"].detach()))
+    return curve
+
+
+def test_bf16_training_tracks_the_float32_loss_curve():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 4, "MODEL.BUDGET.CONSTRAIN": True})
+    model = build_model(cfg).train()
+    bf16 = prepare_for_training(copy.deepcopy(model), TrainingOptions(bf16=True))
+    assert bf16.train_bf16 and not model.train_bf16
+    seen = []
+    bf16.backbone.stem.stem_1.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    batch = _block_scenes(2, seed=3)
+    torch.manual_seed(1)
+    ref = _loss_curve(model, batch, 30)
+    torch.manual_seed(1)
+    low = _loss_curve(bf16, batch, 30)
+    assert ref[-1] < 0.7 * ref[0]  # the network learns ...
+    assert low[-1] < 0.7 * low[0]  # ... in bfloat16 too
+    for a, b in zip(ref, low):  # and the curves stay together (within 2% at every step)
+        assert abs(a - b) <= 0.02 * a
+    assert set(seen) == {torch.bfloat16}  # the convolutions really ran in bfloat16
+    for p in bf16.parameters():
+        assert p.dtype == torch.float32  # autocast keeps float32 master weights

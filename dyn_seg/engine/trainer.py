@@ -17,6 +17,7 @@ from torch import nn
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.evaluation import build_sem_seg_evaluator
+from dyn_seg.fast import TrainingOptions, prepare_for_training
 
 from .augmentation import build_train_augmentations
 from .ddp import create_ddp_model
@@ -66,6 +67,8 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
         model = self.build_model(cfg)
+        # MODEL.FAST.TRAIN_*: channels_last, bf16 autocast, compiled static modules
+        prepare_for_training(model, TrainingOptions.from_config(cfg))
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
 

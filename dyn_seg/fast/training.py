@@ -41,11 +41,14 @@ class TrainingOptions:
 
 
 def prepare_for_training(model: nn.Module, options: TrainingOptions) -> nn.Module:
-    """Apply ``channels_last`` and ``compile`` to a DynamicSemanticSegmentor in place.
+    """Apply ``channels_last``, ``bf16`` and ``compile`` to a DynamicSemanticSegmentor in
+    place (``bf16``: its training forward passes then run under bfloat16 autocast).
 
     State-dict keys stay the same (each module's forward is compiled in place). Returns
     ``model``.
     """
+    if hasattr(model, "train_bf16"):
+        model.train_bf16 = options.bf16
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     if options.compile:

@@ -37,4 +37,7 @@ class SoftGate(nn.Module):
                 x = F.interpolate(x, size=small_gate_size(h, w), mode="bilinear",
                                   align_corners=False)
         x = F.adaptive_avg_pool2d(self.reduce(x), 1)
-        return F.relu(torch.tanh(self.proj(x))).flatten(1)
+        # The activations decide the routing and the expected FLOPs (budget loss): the last
+        # layer runs in float32 even under bf16 autocast (without autocast: unchanged).
+        with torch.autocast(x.device.type, enabled=False):
+            return F.relu(torch.tanh(self.proj(x.float()))).flatten(1)

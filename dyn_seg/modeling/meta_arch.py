@@ -1,6 +1,7 @@
 """DynamicSemanticSegmentor: normalise, pad, route, decode, and add the budget loss."""
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -98,6 +99,9 @@ class DynamicSemanticSegmentor(nn.Module):
         # dyn_seg.fast.FastInference (a plain object, not a submodule) or None: eval-mode
         # forward then runs the fast copy of this model instead of the faithful modules
         self.fast_inference = fast_inference
+        # MODEL.FAST.TRAIN_BF16: training forward passes under bfloat16 autocast (gate
+        # activations and losses stay float32); set by dyn_seg.fast.prepare_for_training
+        self.train_bf16 = False
 
     @classmethod
     def from_config(cls, cfg):
@@ -138,7 +142,8 @@ class DynamicSemanticSegmentor(nn.Module):
         if not self.training and self.fast_inference is not None:
             logits, features, routing = self.fast_inference(self, images.tensor)
         else:
-            features, routing = self.backbone.forward_with_routing(images.tensor)
+            with self._training_autocast():
+                features, routing = self.backbone.forward_with_routing(images.tensor)
 
         if self.training:
             if "sem_seg" not in batched_inputs[0]:
@@ -148,7 +153,8 @@ class DynamicSemanticSegmentor(nn.Module):
                 self.backbone.size_divisibility,
                 self.sem_seg_head.ignore_value,
             ).tensor
-            _, losses = self.sem_seg_head(features, targets)
+            with self._training_autocast():
+                _, losses = self.sem_seg_head(features, targets)
             if self.budget.constrain:
                 loss = budget_loss(
                     routing.expected_flops,
@@ -186,6 +192,12 @@ class DynamicSemanticSegmentor(nn.Module):
             }
             results.append(out)
         return results
+
+    def _training_autocast(self):
+        """bfloat16 autocast for training forward passes when ``train_bf16``."""
+        if self.training and self.train_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def image_flops(self, features, routing: RoutingRecord, images: torch.Tensor
                     ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -91,9 +91,10 @@ class DynamicSemSegHead(nn.Module):
         return logits, {}
 
     def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        loss = F.cross_entropy(
-            logits.float(), targets, reduction="mean", ignore_index=self.ignore_value
-        )
+        with torch.autocast(logits.device.type, enabled=False):  # the loss in float32
+            loss = F.cross_entropy(
+                logits.float(), targets, reduction="mean", ignore_index=self.ignore_value
+            )
         return {"loss_sem_seg": loss * self.loss_weight}
 
     def flops(self, features: Dict[str, Optional[torch.Tensor]], size: Tuple[int, int]) -> float:
