@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dyn_seg.modeling.sem_seg_head import DynamicSemSegHead
+from dyn_seg.modeling.sem_seg_head import DynamicSemSegHead, decode
 
 from .folding import fold_conv
 
@@ -39,16 +39,7 @@ class FastSemSegHead(nn.Module):
 
     @torch.no_grad()
     def forward(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
-        pred = None
-        for j in reversed(range(len(self.in_features))):
-            f = features.get(self.in_features[j])
-            if pred is not None:
-                f = pred if f is None else f + pred
-            if f is None:
-                continue
-            pred = self.decoders[j](f)
-            if j > 0:
-                pred = F.interpolate(pred, scale_factor=2, mode="bilinear", align_corners=False)
+        logits = decode(features, self.in_features, self.decoders, self.predictor)
         # NCHW before the x4 upsampling: transposing the 16x larger result costs far more
-        logits = self.predictor(pred).float().contiguous()
+        logits = logits.float().contiguous()
         return F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)

@@ -1,7 +1,7 @@
 """The simple fusing decoder of Dynamic Routing (coarse to fine, then a 3x3 predictor)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,24 @@ from .flops import MEGA, conv_flops, decoder_map_size
 from .layers import ConvSpec, build_conv, kaiming_init, pointwise
 
 __all__ = ["DynamicSemSegHead"]
+
+
+def decode(features: Dict[str, Optional[torch.Tensor]], in_features: Sequence[str],
+           decoders: Sequence[nn.Module], predictor: nn.Module) -> torch.Tensor:
+    """The decoder's top-down pass: from the coarsest feature, each level's output is
+    upsampled x2 and added to the next finer feature (a missing feature, None, passes the
+    running prediction on); ``predictor`` maps the stride-4 result to logits."""
+    pred = None
+    for j in reversed(range(len(in_features))):
+        f = features.get(in_features[j])
+        if pred is not None:
+            f = pred if f is None else f + pred
+        if f is None:
+            continue
+        pred = decoders[j](f)
+        if j > 0:
+            pred = F.interpolate(pred, scale_factor=2, mode="bilinear", align_corners=False)
+    return predictor(pred)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -69,17 +87,7 @@ class DynamicSemSegHead(nn.Module):
 
     def layers(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
         """Logits at stride 4 (before the final x4 upsampling)."""
-        pred = None
-        for j in reversed(range(len(self.in_features))):
-            f = features.get(self.in_features[j])
-            if pred is not None:
-                f = pred if f is None else f + pred
-            if f is None:
-                continue
-            pred = self.decoders[j](f)
-            if j > 0:
-                pred = F.interpolate(pred, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.predictor(pred)
+        return decode(features, self.in_features, self.decoders, self.predictor)
 
     def forward(self, features, targets: Optional[torch.Tensor] = None
                 ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
