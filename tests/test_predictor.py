@@ -77,6 +77,32 @@ def test_demo_writes_an_overlay_of_each_image_with_its_gflops(weights, tmp_path,
     assert "a.png: 517x333" in printed and "real GFLOPs" in printed
 
 
+def test_demo_draws_the_route_small_in_the_bottom_right_corner(weights, tmp_path):
+    demo = _load_demo()
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    image = np.random.default_rng(2).integers(0, 256, (200, 400, 3), dtype=np.uint8)
+    Image.fromarray(image).save(inputs / "street.png")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(_predictor_cfg(weights).dump())
+    common = ["--config-file", str(config), "--input", str(inputs), "--show-flops"]
+
+    demo.main(common + ["--output", str(tmp_path / "plain")])
+    demo.main(common + ["--output", str(tmp_path / "route"), "--show-route",
+                        "--route-size", "0.5"])
+
+    plain = np.asarray(Image.open(tmp_path / "plain" / "street.png"))
+    route = np.asarray(Image.open(tmp_path / "route" / "street.png"))
+    assert plain.shape == route.shape == (200, 400, 3)
+    rows, cols = np.nonzero((plain != route).any(axis=2))
+    # 200 px of route plus its 1 px frame, 4 px from the right and bottom edges
+    assert (cols.min(), cols.max(), rows.max()) == (400 - 4 - 200 - 2, 400 - 4 - 1, 200 - 4 - 1)
+    assert 0.4 < (rows.max() - rows.min()) / (cols.max() - cols.min()) < 0.8
+    assert rows.min() > 40  # below the GFLOPs text at the top left, which stays as it was
+    corner = route[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    assert (corner == 255).all(axis=2).mean() > 0.3  # the route's white background
+
+
 def test_demo_refuses_missing_weights(weights, tmp_path):
     demo = _load_demo()
     cfg = _predictor_cfg(str(tmp_path / "missing.pth"))

@@ -14,7 +14,13 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from dyn_seg.modeling.routing_space import build_routing_space
-from dyn_seg.visualization import collect_routing_stats, draw_image_route, draw_routing
+from dyn_seg.visualization import (
+    collect_routing_stats,
+    draw_image_route,
+    draw_routing,
+    overlay_route,
+    render_route,
+)
 
 SHUT_CELL = (0, 1)  # layer 0, scale 1/8: keep, up and down
 ORPHAN_CELL = (1, 2)  # its only input is SHUT_CELL's down path
@@ -116,6 +122,34 @@ def test_figures_are_valid_pngs(tmp_path):
     with pytest.raises(ValueError, match="BGR image"):
         draw_image_route(image[..., 0], _all_alphas(0.7), str(tmp_path / "x.png"),
                          routing_space=_space())
+
+
+def test_route_thumbnail_has_the_asked_width_and_shows_shut_paths():
+    open_route = render_route(_all_alphas(0.9), routing_space=_space(), width=200)
+    assert open_route.dtype == np.uint8 and open_route.shape[1] == 200 and open_route.shape[2] == 3
+    assert 40 < open_route.shape[0] < 200
+    assert (open_route < 128).any()  # open paths drawn dark on the white background
+    shut = _all_alphas(0.9)
+    shut[SHUT_CELL] = torch.zeros(3)
+    changed = render_route(shut, routing_space=_space(), width=200) != open_route
+    assert changed.any() and changed.mean() < 0.5  # only around the shut cell
+    with pytest.raises(ValueError, match="at least 16 pixels"):
+        render_route(shut, routing_space=_space(), width=8)
+
+
+def test_route_overlay_changes_only_the_bottom_right_corner():
+    image = np.full((120, 300, 3), 40, np.uint8)
+    out = overlay_route(image, _all_alphas(0.9), routing_space=_space(), fraction=0.5, margin=4)
+    assert out.shape == image.shape and (image == 40).all()  # the input is not modified
+    rows, cols = np.nonzero((out != image).any(axis=2))
+    assert (cols.min(), cols.max(), rows.max()) == (300 - 4 - 150 - 2, 300 - 4 - 1, 120 - 4 - 1)
+    assert rows.min() > 0  # the route keeps its aspect ratio, lower than the image
+    # too low an image for half its width: the thumbnail shrinks to fit the height
+    low = overlay_route(image[:40], _all_alphas(0.9), routing_space=_space(), fraction=0.5)
+    low_rows, low_cols = np.nonzero((low != image[:40]).any(axis=2))
+    assert low_rows.min() >= 4 and low_cols.max() - low_cols.min() + 1 < 152
+    tiny = np.zeros((10, 10, 3), np.uint8)
+    assert (overlay_route(tiny, _all_alphas(0.9), routing_space=_space()) == tiny).all()
 
 
 def test_visualizer_writes_figure_json_and_per_image_routes(tmp_path):

@@ -5,10 +5,13 @@ Runs every image through the model exactly as at inference (detectron2's
 ``DefaultPredictor``: test-time resize, input format, batch of one) and writes
 
 * ``OUTPUT/routing.png``: the routing space, each path drawn with the share of images in
-  which it is active (line width) and its mean gate activation (colour);
+  which it is active (line width) and its mean gate activation (colour), dropped cells in
+  red;
 * ``OUTPUT/routing.json``: the same statistics, per-layer activation rates, dropped-cell
   counts and the real / expected GFLOPs (mean, min, max);
 * with ``--per-image``: ``OUTPUT/images/NNNNN_NAME.png``, each image beside its own route.
+
+How to read the figure and every JSON field: docs/ROUTING.md.
 
 Examples::
 

@@ -4,9 +4,12 @@ Layers run left to right (the init cell first, the decoder input last), scales 1
 top to bottom. Every cell is a node; every path is a line to the next layer: keep is
 horizontal, up goes to the finer scale above, down to the coarser scale below. A line's
 width is the share of images in which the path is active, its colour the mean gate
-activation alpha; a path closed for every image is a thin dashed grey line, and a cell
-dropped for every image a hollow grey node. A dropped cell that received input hands it on
-unchanged to the next layer at its scale: a dotted line.
+activation alpha; a path closed for every image is a thin dashed grey line.
+
+Dropped cells are drawn in red: a cell dropped for every image is a hollow node with a red
+ring and cross, a cell dropped for some images a node with a red ring and the share of
+images printed under it. A dropped cell that received input hands it on unchanged to the
+next layer at its scale: a red dotted line.
 
 Only matplotlib's object-oriented API is used (``Figure`` + Agg canvas), so drawing never
 touches pyplot's global state or needs a display.
@@ -21,7 +24,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.colors import ListedColormap, Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -29,22 +32,28 @@ from ..modeling.routing_space import DOWN, UP
 from .stats import CellKey, RoutingSpace, RoutingStats, collect_routing_stats
 
 __all__ = [
-    "RoutingStats", "collect_routing_stats", "draw_image_route", "draw_routing", "format_gflops"
+    "RoutingStats", "collect_routing_stats", "draw_image_route", "draw_routing",
+    "format_gflops", "overlay_route", "render_route",
 ]
 
 # viridis reversed (dark = strong activation) without its palest yellow, so that a weak
 # path still shows on the white background
 CMAP = ListedColormap(colormaps["viridis_r"](np.linspace(0.12, 1.0, 256)), "routing")
-CLOSED_COLOR = "#9a9a9a"
-NODE_COLOR = "#262626"
-PASS_COLOR = "#4d4d4d"
-PASS_STYLE = (0, (1, 1.5))
+NORM = Normalize(0.0, 1.0)
+CLOSED_COLOR = "#8c8c8c"
+CLOSED_STYLE = (0, (3, 2))
+NODE_COLOR = "#1f1f1f"
+# red is absent from the path colour map, so dropped cells and handed-on inputs stand out
+DROP_COLOR = "#d62728"
+PASS_STYLE = (0, (1, 1.2))
 MIN_WIDTH, MAX_WIDTH = 1.0, 6.0  # line widths in points for rates just above 0 and 1
+NODE_SIZE = 80  # scatter marker area in points^2
 DPI = 110
+FONT = {"tick": 9, "label": 10, "legend": 9, "title": 11, "note": 8}
 
 
-def _line_width(rate: float) -> float:
-    return MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * rate
+def _line_width(rate: float, scale: float = 1.0) -> float:
+    return scale * (MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * rate)
 
 
 def _target(layer: int, scale: int, path: str) -> Tuple[int, int]:
@@ -52,66 +61,91 @@ def _target(layer: int, scale: int, path: str) -> Tuple[int, int]:
     return layer + 2, scale + {UP: -1, DOWN: 1}.get(path, 0)
 
 
-def _draw_space(ax: Axes, stats: RoutingStats, cmap, norm: Normalize, single_image: bool
-                ) -> None:
-    """Draw nodes and paths of ``stats`` on ``ax`` (x: layer + 1, y: scale index)."""
-    num_layers = stats.num_layers
-    num_scales = max(s.scale for s in stats.specs) + 1
+def _num_scales(stats: RoutingStats) -> int:
+    return max(s.scale for s in stats.specs) + 1
+
+
+def _draw_paths(ax: Axes, stats: RoutingStats, size: float) -> None:
     n = max(stats.num_images, 1)
-    head_x = num_layers + 1
     for spec in stats.specs:
         x0, y0 = spec.layer + 1, spec.scale
         for path in spec.paths:
             rate = stats.path_rate(spec.layer, spec.scale, path)
             x1, y1 = _target(spec.layer, spec.scale, path)
             if rate == 0.0:
-                ax.plot([x0, x1], [y0, y1], color=CLOSED_COLOR, lw=0.8, ls=(0, (3, 2)),
-                        zorder=1, solid_capstyle="round")
+                ax.plot([x0, x1], [y0, y1], color=CLOSED_COLOR, lw=size, ls=CLOSED_STYLE,
+                        zorder=1)
                 continue
             alpha = stats.path_mean_alpha(spec.layer, spec.scale, path)
-            ax.plot([x0, x1], [y0, y1], color=cmap(norm(alpha)), lw=_line_width(rate),
+            ax.plot([x0, x1], [y0, y1], color=CMAP(NORM(alpha)), lw=_line_width(rate, size),
                     zorder=2 + rate, solid_capstyle="round")
         passed = stats.passed_through(spec.layer, spec.scale) / n
         if passed:
-            ax.plot([x0, spec.layer + 2], [y0, y0], color=PASS_COLOR, ls=PASS_STYLE,
-                    lw=0.6 * _line_width(passed), zorder=4)
+            ax.plot([x0, spec.layer + 2], [y0, y0], color=DROP_COLOR, ls=PASS_STYLE,
+                    lw=max(1.5, 0.5 * _line_width(passed)) * size, zorder=4)
+
+
+def _draw_cells(ax: Axes, stats: RoutingStats, size: float, notes: bool) -> None:
+    n = max(stats.num_images, 1)
+    area = NODE_SIZE * size ** 2
     for spec in stats.specs:
         x, y = spec.layer + 1, spec.scale
-        dropped = stats.dropped(spec.layer, spec.scale)
-        runs = 1.0 - dropped / n
-        if runs == 0.0:
-            ax.scatter([x], [y], s=70, facecolor="white", edgecolor=CLOSED_COLOR,
-                       linewidth=1.5, zorder=5)
-            continue
-        # grey level = share of images for which the cell runs (black: every image)
-        face = tuple(np.array([1.0, 1.0, 1.0]) * (1 - runs) + np.array([0.15] * 3) * runs)
-        ax.scatter([x], [y], s=70, facecolor=face, edgecolor=NODE_COLOR, linewidth=1.2,
-                   zorder=5)
-        if dropped and not single_image:
-            ax.annotate(f"{dropped / n:.0%}", (x, y), xytext=(0, -10),
-                        textcoords="offset points", ha="center", va="top", fontsize=6.5,
-                        color="#444444", zorder=6,
-                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
-                              "alpha": 0.85})
+        dropped = stats.dropped(spec.layer, spec.scale) / n
+        if dropped == 0.0:
+            ax.scatter([x], [y], s=area, facecolor=NODE_COLOR, edgecolor=NODE_COLOR,
+                       linewidth=1.2 * size, zorder=5)
+        elif dropped == 1.0:
+            ax.scatter([x], [y], s=area, facecolor="white", edgecolor=DROP_COLOR,
+                       linewidth=1.8 * size, zorder=5)
+            ax.scatter([x], [y], s=0.45 * area, marker="x", color=DROP_COLOR,
+                       linewidth=1.6 * size, zorder=6)
+        else:
+            # grey level = share of images for which the cell runs (black: every image)
+            face = tuple(np.full(3, 1.0) * dropped + np.array(to_rgb(NODE_COLOR)) * (1 - dropped))
+            ax.scatter([x], [y], s=area, facecolor=face, edgecolor=DROP_COLOR,
+                       linewidth=2.0 * size, zorder=5)
+            if notes:
+                ax.annotate(f"{dropped:.0%}", (x, y), xytext=(0, -8), textcoords="offset points",
+                            ha="center", va="top", fontsize=FONT["note"], color=DROP_COLOR,
+                            fontweight="bold", zorder=7,
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                  "alpha": 0.9})
     # the last layer's features enter the decoder
-    ax.scatter([head_x] * num_scales, range(num_scales), s=55, marker="s",
-               facecolor="white", edgecolor=NODE_COLOR, linewidth=1.2, zorder=5)
+    num_scales = _num_scales(stats)
+    ax.scatter([stats.num_layers + 1] * num_scales, range(num_scales), s=0.8 * area,
+               marker="s", facecolor="white", edgecolor=NODE_COLOR, linewidth=1.2 * size,
+               zorder=5)
 
-    ax.set_xlim(-0.6, head_x + 0.6)
-    ax.set_ylim(num_scales - 0.5, -0.6)  # finest scale on top
+
+def _draw_space(ax: Axes, stats: RoutingStats, single_image: bool, *, size: float = 1.0,
+                decorate: bool = True) -> None:
+    """Draw nodes and paths of ``stats`` on ``ax`` (x: layer + 1, y: scale index).
+
+    ``size`` scales line widths and markers; ``decorate`` adds ticks, axis labels and the
+    dropped-share notes (off for thumbnails).
+    """
+    _draw_paths(ax, stats, size)
+    _draw_cells(ax, stats, size, notes=decorate and not single_image)
+    head_x, num_scales = stats.num_layers + 1, _num_scales(stats)
+    ax.set_xlim(-0.5, head_x + 0.5)
+    ax.set_ylim(num_scales - 0.5, -0.5)  # finest scale on top
+    if not decorate:
+        ax.set_axis_off()
+        return
     ax.set_xticks(range(head_x + 1))
-    ax.set_xticklabels(["init"] + [str(l) for l in range(num_layers)] + ["head"],
-                       fontsize=8)
+    ax.set_xticklabels(["init"] + [str(l) for l in range(stats.num_layers)] + ["head"],
+                       fontsize=FONT["tick"])
     ax.set_yticks(range(num_scales))
-    ax.set_yticklabels([f"1/{4 * 2 ** i}" for i in range(num_scales)], fontsize=8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"scale (1/4 ... 1/{4 * 2 ** (num_scales - 1)})")
+    ax.set_yticklabels([f"1/{4 * 2 ** i}" for i in range(num_scales)], fontsize=FONT["tick"])
+    ax.set_xlabel("layer", fontsize=FONT["label"])
+    ax.set_ylabel("scale (feature stride)", fontsize=FONT["label"])
+    ax.tick_params(length=3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
 
-def _legend(ax: Axes, cmap, single_image: bool) -> None:
-    dark = cmap(0.8)
+def _legend(ax: Axes, single_image: bool) -> None:
+    dark = CMAP(0.8)
     if single_image:
         lines = [Line2D([], [], color=dark, lw=_line_width(1.0), label="open path")]
     else:
@@ -120,27 +154,30 @@ def _legend(ax: Axes, cmap, single_image: bool) -> None:
             for r in (1.0, 0.5, 0.1)
         ]
     lines += [
-        Line2D([], [], color=CLOSED_COLOR, lw=0.8, ls=(0, (3, 2)),
-               label="closed" + ("" if single_image else " in every image")),
-        Line2D([], [], color=PASS_COLOR, lw=0.6 * _line_width(1.0), ls=PASS_STYLE,
+        Line2D([], [], color=CLOSED_COLOR, lw=1.0, ls=CLOSED_STYLE,
+               label="closed path" + ("" if single_image else " (every image)")),
+        Line2D([], [], color=DROP_COLOR, lw=2.0, ls=PASS_STYLE,
                label="input handed on by a dropped cell"),
-        Line2D([], [], ls="", marker="o", markersize=8, markerfacecolor=NODE_COLOR,
-               markeredgecolor=NODE_COLOR,
-               label="cell" if single_image else "cell (grey, %: dropped for that share)"),
-        Line2D([], [], ls="", marker="o", markersize=8, markerfacecolor="white",
-               markeredgecolor=CLOSED_COLOR, markeredgewidth=1.5,
-               label="dropped cell" if single_image else "cell dropped for every image"),
+        Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor=NODE_COLOR,
+               markeredgecolor=NODE_COLOR, label="cell that runs"),
     ]
+    if not single_image:
+        lines.append(Line2D([], [], ls="", marker="o", markersize=9, markerfacecolor="#8f8f8f",
+                            markeredgecolor=DROP_COLOR, markeredgewidth=2.0,
+                            label="cell dropped for some images (% of images)"))
+    lines.append(Line2D([], [], ls="", marker="$\\otimes$", markersize=11,
+                        color=DROP_COLOR,
+                        label="cell dropped" + ("" if single_image else " for every image")))
     ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-              ncol=3, fontsize=8, frameon=False,
-              handlelength=2.5, columnspacing=1.5)
+              ncol=2 if single_image else 3, fontsize=FONT["legend"], frameon=False,
+              handlelength=2.8, columnspacing=1.6)
 
 
-def _colorbar(fig: Figure, ax: Axes, cmap, norm: Normalize, label: str) -> None:
-    mappable = ScalarMappable(norm=norm, cmap=cmap)
+def _colorbar(fig: Figure, ax: Axes, label: str) -> None:
+    mappable = ScalarMappable(norm=NORM, cmap=CMAP)
     bar = fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.015, aspect=12)
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+    bar.set_label(label, fontsize=FONT["label"])
+    bar.ax.tick_params(labelsize=FONT["tick"] - 1)
 
 
 def _save(fig: Figure, path_png: str) -> None:
@@ -165,24 +202,24 @@ def _default_title(stats: RoutingStats) -> str:
 
 
 def _route_width(num_layers: int) -> float:
-    return max(6.0, 0.5 * (num_layers + 2) + 1.5)
+    return max(6.5, 0.55 * (num_layers + 2) + 1.5)
 
 
 def draw_routing(stats: RoutingStats, path_png: str, title: Optional[str] = None) -> str:
     """Draw the routing space with the statistics of ``stats`` into ``path_png``.
 
     Line width: share of images in which a path is active; colour: its mean gate
-    activation; dashed grey: closed in every image; node grey level: share of images for
-    which the cell runs (hollow grey: dropped for every image, with the share of images
-    dropped printed under partly dropped cells). Returns ``path_png``.
+    activation; dashed grey: closed in every image. Nodes: black, the cell runs for every
+    image; red ring, dropped for some images (the share printed under it, the fill lighter
+    the more often it is dropped); hollow with a red cross, dropped for every image. Red
+    dotted: input handed on unchanged by a dropped cell. Returns ``path_png``.
     """
-    cmap, norm = CMAP, Normalize(0.0, 1.0)
-    fig = Figure(figsize=(_route_width(stats.num_layers), 3.6))
+    fig = Figure(figsize=(_route_width(stats.num_layers), 3.8))
     ax = fig.add_subplot()
-    _draw_space(ax, stats, cmap, norm, single_image=False)
-    _legend(ax, cmap, single_image=False)
-    _colorbar(fig, ax, cmap, norm, "mean gate activation α")
-    ax.set_title(title if title is not None else _default_title(stats), fontsize=10)
+    _draw_space(ax, stats, single_image=False)
+    _legend(ax, single_image=False)
+    _colorbar(fig, ax, "mean gate activation α")
+    ax.set_title(title if title is not None else _default_title(stats), fontsize=FONT["title"])
     _save(fig, path_png)
     return path_png
 
@@ -208,27 +245,116 @@ def draw_image_route(
 
     Returns ``path_png``.
     """
+    image = _check_image(image_bgr)
+    stats = collect_routing_stats([{"routing": alphas}], routing_space)
+    height = 3.8
+    image_width = min(height * image.shape[1] / image.shape[0], 9.0)
+    route_width = _route_width(stats.num_layers)
+    fig = Figure(figsize=(image_width + route_width, height))
+    grid = fig.add_gridspec(1, 2, width_ratios=[image_width, route_width], wspace=0.15)
+    ax_image = fig.add_subplot(grid[0, 0])
+    ax_image.imshow(image[..., ::-1])
+    ax_image.set_axis_off()
+    ax_route = fig.add_subplot(grid[0, 1])
+    _draw_space(ax_route, stats, single_image=True)
+    _legend(ax_route, single_image=True)
+    _colorbar(fig, ax_route, "gate activation α")
+    if title:
+        fig.suptitle(title, fontsize=FONT["title"])
+    _save(fig, path_png)
+    return path_png
+
+
+def render_route(
+    alphas: Mapping[CellKey, object], *, routing_space: RoutingSpace, width: int
+) -> np.ndarray:
+    """One image's route as a small RGB picture, e.g. for a corner of a demo overlay.
+
+    Drawn like :func:`draw_image_route`'s route (open paths coloured by their gate
+    activation, closed ones dashed grey, dropped cells in red) without axes, legend or
+    colour bar, on a white background.
+
+    Args:
+        alphas: the image's ``"routing"`` output, {(layer, scale): (num_paths,) activations}.
+        routing_space: ``(init_spec, cell_specs)`` of the model.
+        width: width of the picture in pixels (>= 16); the height follows from the number
+            of layers and scales (about 2.8 layers per scale height).
+
+    Returns an (h, width, 3) uint8 RGB array.
+    """
+    if width < 16:
+        raise ValueError(f"render_route needs a width of at least 16 pixels, got {width}.")
+    stats = collect_routing_stats([{"routing": alphas}], routing_space)
+    # one layer step and one scale step each take about 0.45 inch, so diagonals look square
+    fig_w = 0.45 * (stats.num_layers + 3)
+    fig_h = 0.45 * (_num_scales(stats) + 0.2)
+    dpi = width / fig_w
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    _draw_space(ax, stats, single_image=True, size=0.7, decorate=False)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    height = max(1, round(fig_h * dpi))
+    if rgb.shape[:2] != (height, width):  # Agg rounds the pixel size down: pad the edge
+        padded = np.full((height, width, 3), 255, np.uint8)
+        h, w = min(height, rgb.shape[0]), min(width, rgb.shape[1])
+        padded[:h, :w] = rgb[:h, :w]
+        rgb = padded
+    return np.ascontiguousarray(rgb)
+
+
+def _check_image(image_bgr: np.ndarray) -> np.ndarray:
     image = np.asarray(image_bgr)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
             f"draw_image_route expects an (H, W, 3) BGR image, got shape {image.shape}; "
             "convert grayscale or RGBA images to 3 channels first."
         )
-    stats = collect_routing_stats([{"routing": alphas}], routing_space)
-    cmap, norm = CMAP, Normalize(0.0, 1.0)
-    height = 3.6
-    image_width = min(height * image.shape[1] / image.shape[0], 9.0)
-    route_width = _route_width(stats.num_layers)
-    fig = Figure(figsize=(image_width + route_width, height))
-    grid = fig.add_gridspec(1, 2, width_ratios=[image_width, route_width], wspace=0.2)
-    ax_image = fig.add_subplot(grid[0, 0])
-    ax_image.imshow(image[..., ::-1])
-    ax_image.set_axis_off()
-    ax_route = fig.add_subplot(grid[0, 1])
-    _draw_space(ax_route, stats, cmap, norm, single_image=True)
-    _legend(ax_route, cmap, single_image=True)
-    _colorbar(fig, ax_route, cmap, norm, "gate activation α")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    _save(fig, path_png)
-    return path_png
+    return image
+
+
+def overlay_route(
+    image_rgb: np.ndarray,
+    alphas: Mapping[CellKey, object],
+    *,
+    routing_space: RoutingSpace,
+    fraction: float = 0.35,
+    margin: int = 4,
+) -> np.ndarray:
+    """A copy of ``image_rgb`` with the image's route drawn small in its bottom-right corner.
+
+    The thumbnail (:func:`render_route`, framed by a 1-pixel dark border) is ``fraction`` of
+    the image width wide, and shrinks to fit when the image is too low for it. An image too
+    small for a 16-pixel-wide thumbnail is returned unchanged.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 image, e.g. a segmentation overlay.
+        alphas: the image's ``"routing"`` output, {(layer, scale): (num_paths,) activations}.
+        routing_space: ``(init_spec, cell_specs)`` of the model.
+        fraction: thumbnail width as a share of the image width, in (0, 1].
+        margin: pixels between the frame and the image's right and bottom edges.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"overlay_route: fraction must be in (0, 1], got {fraction}.")
+    image = np.asarray(image_rgb)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"overlay_route expects an (H, W, 3) image, got shape {image.shape}.")
+    height, width = image.shape[:2]
+    room_w, room_h = width - 2 * margin - 2, height - 2 * margin - 2  # inside the frame
+    thumb_w = min(round(fraction * width), room_w)
+    if thumb_w < 16 or room_h < 1:
+        return image.copy()
+    thumb = render_route(alphas, routing_space=routing_space, width=thumb_w)
+    if thumb.shape[0] > room_h:
+        thumb_w = int(thumb_w * room_h / thumb.shape[0])
+        if thumb_w < 16:
+            return image.copy()
+        thumb = render_route(alphas, routing_space=routing_space, width=thumb_w)[:room_h]
+    th, tw = thumb.shape[:2]
+    out = image.copy()
+    y1, x1 = height - margin - 1, width - margin - 1  # inner bottom-right, inside the frame
+    y0, x0 = y1 - th, x1 - tw
+    out[y0 - 1:y1 + 1, x0 - 1:x1 + 1] = np.array(to_rgb(NODE_COLOR)) * 255
+    out[y0:y1, x0:x1] = thumb
+    return out
