@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Check a registered semantic segmentation dataset for every problem at once.
+r"""Check a registered semantic segmentation dataset for every problem at once.
 
 Decodes every image and label of a detectron2 dataset (e.g. cityscapes_fine_sem_seg_train,
 voc_2012_sem_seg_val) and lists all problems: missing or corrupt files, label values that

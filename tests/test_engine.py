@@ -318,6 +318,19 @@ def test_routing_evaluator_reports_flops_range_and_open_gates():
     assert res["gates_open_pct"] == pytest.approx(100.0 * 5 / 9)
 
 
+def test_routing_evaluator_reports_open_gates_per_layer():
+    evaluator = RoutingEvaluator(distributed=False)
+    evaluator.reset()
+    out = _routing_output(1.0, 1.0, [[0.5, 0.0], [0.9, 0.3, 0.0]])  # layer 0: 3 of 5 open
+    out["routing"][(1, 0)] = torch.tensor([0.0, 0.0])  # layer 1: shut
+    out["routing"][(1, 1)] = torch.tensor([0.0, 0.7, 0.0])  # ... but for one path
+    evaluator.process([{}], [out])
+    res = evaluator.evaluate()["routing"]
+    assert res["layer_0_open_pct"] == pytest.approx(60.0)
+    assert res["layer_1_open_pct"] == pytest.approx(20.0)
+    assert "layer_-1_open_pct" not in res  # the init cell is not routed
+
+
 def test_routing_evaluator_without_outputs_reports_nothing():
     evaluator = RoutingEvaluator(distributed=False)
     evaluator.reset()
@@ -412,3 +425,16 @@ def test_trainer_applies_the_fast_training_switches(tiny_train_set, tmp_path):
     trainer.train()
     assert math.isfinite(trainer.storage.history("total_loss").latest())
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_training_logs_gate_rates_even_without_flops_counting():
+    from detectron2.utils.events import EventStorage
+
+    model = build_model(tiny_cfg(**{"MODEL.CAL_FLOPS": False})).train()
+    batch = [{"image": torch.rand(3, 64, 64) * 255, "sem_seg": torch.zeros(64, 64).long()}
+             for _ in range(2)]
+    with EventStorage(0) as storage:
+        model(batch)
+        names = set(storage.histories())
+    assert "routing/gate_active_rate" in names and "routing/layer_0_active_rate" in names
+    assert not any(n.startswith("flops/") for n in names)

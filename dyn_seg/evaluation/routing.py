@@ -23,8 +23,10 @@ class RoutingEvaluator(DatasetEvaluator):
     ``evaluate()`` returns ``{"routing": {...}}`` with the mean, min and max real and
     expected GFLOPs (``GFLOPs_real``, ``GFLOPs_real_min``, ...) and ``gates_open_pct``: the
     percentage of gate paths of routed cells (the init cell excluded, like the training
-    statistic) with an activation above ``GATE_EPS``, over the gates that ran. Keys whose
-    inputs never appeared are left out.
+    statistic) with an activation above ``GATE_EPS``, over the gates that ran, and
+    ``layer_{L}_open_pct``: the same percentage for the cells of layer L alone (TensorBoard
+    shows it as ``routing/layer_{L}_open_pct``). Keys whose inputs never appeared are left
+    out.
     """
 
     def __init__(self, distributed: bool = True):
@@ -36,6 +38,8 @@ class RoutingEvaluator(DatasetEvaluator):
         self._expected: List[float] = []
         # per image: (open paths, paths) over the routed cells' gates
         self._gates: List[List[int]] = []
+        # over all images: layer -> [open paths, paths]
+        self._layers: Dict[int, List[int]] = {}
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for output in outputs:
@@ -49,17 +53,29 @@ class RoutingEvaluator(DatasetEvaluator):
                 if alphas:
                     alpha = torch.cat(alphas)
                     self._gates.append([int((alpha > GATE_EPS).sum()), alpha.numel()])
+                for (layer, _), a in routing.items():
+                    if layer >= 0:
+                        counts = self._layers.setdefault(int(layer), [0, 0])
+                        counts[0] += int((a > GATE_EPS).sum())
+                        counts[1] += a.numel()
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
         real, expected, gates = self._real, self._expected, self._gates
+        layers = {k: list(v) for k, v in self._layers.items()}
         if self._distributed:
             comm.synchronize()
-            gathered = comm.gather([real, expected, gates], dst=0)
+            gathered = comm.gather([real, expected, gates, layers], dst=0)
             if not comm.is_main_process():
                 return None
             real = list(itertools.chain(*(g[0] for g in gathered)))
             expected = list(itertools.chain(*(g[1] for g in gathered)))
             gates = list(itertools.chain(*(g[2] for g in gathered)))
+            layers = {}
+            for g in gathered:
+                for layer, (opened, total) in g[3].items():
+                    counts = layers.setdefault(layer, [0, 0])
+                    counts[0] += opened
+                    counts[1] += total
 
         res: Dict[str, float] = OrderedDict()
         for name, values in (("real", real), ("expected", expected)):
@@ -71,4 +87,8 @@ class RoutingEvaluator(DatasetEvaluator):
         if gates:
             counts = np.asarray(gates, dtype=np.float64).sum(axis=0)
             res["gates_open_pct"] = float(100.0 * counts[0] / counts[1])
+        for layer in sorted(layers):
+            opened, total = layers[layer]
+            if total:
+                res[f"layer_{layer}_open_pct"] = 100.0 * opened / total
         return OrderedDict({"routing": res}) if res else OrderedDict()

@@ -155,19 +155,26 @@ def _peak_memory(device: torch.device) -> Iterator[dict]:
 
 def _interleaved(runs: Dict[str, Callable[[], object]], warmup: int, iters: int,
                  device: torch.device) -> Dict[str, List[float]]:
-    """Seconds per call of every function, measured in interleaved rounds after warm-up."""
+    """Seconds per call of every function, measured in interleaved rounds after warm-up
+    (a progress bar on stderr when it is a terminal)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=warmup + iters, desc="benchmark rounds", unit="round", disable=None)
     for _ in range(warmup):
         for fn in runs.values():
             fn()
+        bar.update()
     _sync(device)
     times: Dict[str, List[float]] = {name: [] for name in runs}
     for _ in range(iters):
+        bar.update()
         for name, fn in runs.items():
             _sync(device)
             start = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
+    bar.close()
     return times
 
 

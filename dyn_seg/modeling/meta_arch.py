@@ -213,13 +213,11 @@ class DynamicSemanticSegmentor(nn.Module):
             storage = get_event_storage()
         except AssertionError:  # no storage outside a trainer
             return
-        if not self.cal_flops:
-            return
-        real, expected = self.image_flops(features, routing, images)
-        stats = {
-            "flops/real_gflops": float(real.mean()) * 1e-3,
-            "flops/expected_gflops": float(expected.mean()) * 1e-3,
-        }
+        stats = {}
+        if self.cal_flops:
+            real, expected = self.image_flops(features, routing, images)
+            stats["flops/real_gflops"] = float(real.mean()) * 1e-3
+            stats["flops/expected_gflops"] = float(expected.mean()) * 1e-3
         alphas = [c.alpha for k, c in routing.cells.items() if c.alpha is not None and k[0] >= 0]
         if alphas:
             active = torch.cat([(a > GATE_EPS).float().flatten() for a in alphas])
@@ -231,4 +229,5 @@ class DynamicSemanticSegmentor(nn.Module):
             rates = torch.stack([torch.cat(v).mean() for v in per_layer.values()]).tolist()
             for l, rate in zip(per_layer, rates):  # one host sync for all layers
                 stats[f"routing/layer_{l}_active_rate"] = rate
-        storage.put_scalars(**stats)
+        if stats:
+            storage.put_scalars(**stats)
