@@ -9,13 +9,12 @@ Datasets are read from $DETECTRON2_DATASETS (export it before running). With
 ``--num-gpus N`` on a machine without GPUs, N CPU processes train together (gloo).
 The training logic lives in :mod:`dyn_seg.engine`.
 """
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from dyn_seg import add_dynamic_routing_config
+from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.engine import Trainer
 from dyn_seg.evaluation import report_results
@@ -23,10 +22,7 @@ from dyn_seg.evaluation import report_results
 
 def setup(args):
     """Config from defaults, dyn_seg keys, ``--config-file`` and command-line overrides."""
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dyn_seg_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dyn_seg")

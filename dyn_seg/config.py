@@ -6,6 +6,8 @@ detectron2's keys.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
 
 
@@ -118,4 +120,16 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # Also run cityscapesscripts' official evaluation (reported as "cityscapes_sem_seg")
     # beside the mIoU of detectron2's SemSegEvaluator on Cityscapes-type datasets.
     _C.TEST.CITYSCAPES_OFFICIAL_EVAL = True
+    return cfg
+
+
+def get_dyn_seg_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """detectron2's default config with the dyn_seg keys, ``config_file`` (if given) and the
+    ``KEY VALUE`` overrides ``opts`` merged in, in that order (not frozen)."""
+    from detectron2.config import get_cfg
+
+    cfg = add_dynamic_routing_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     return cfg

@@ -40,7 +40,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis, parameter_count
@@ -48,7 +48,7 @@ from fvcore.nn.jit_handles import elementwise_flop_counter
 from tabulate import tabulate
 from torch import nn
 
-from dyn_seg import add_dynamic_routing_config
+from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.modeling.analysis import all_open_flops
 from dyn_seg.modeling.gate import SoftGate
@@ -95,11 +95,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dyn_seg_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"  # analytic counts and tracing need no accelerator
     cfg.INPUT.FIX_SIZE_FOR_FLOPS = []  # count at the requested size
     cfg.freeze()

@@ -33,10 +33,9 @@ import sys
 from typing import List, Optional
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from dyn_seg import add_dynamic_routing_config
+from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.fast.benchmark import (
     INFERENCE_MODES,
@@ -83,11 +82,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def setup(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dyn_seg_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     cfg.MODEL.FAST.ENABLED = False  # the benchmark builds its own fast copies
     cfg.freeze()

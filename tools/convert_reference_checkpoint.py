@@ -28,10 +28,10 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from dyn_seg import add_dynamic_routing_config
+from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import convert_reference_state_dict, extract_state_dict
 
 
@@ -58,10 +58,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(config_file: str, opts: Sequence[str]) -> CfgNode:
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = get_dyn_seg_cfg(config_file, opts)
     cfg.MODEL.DEVICE = "cpu"  # only the parameter names and shapes are needed
     cfg.freeze()
     return cfg

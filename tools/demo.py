@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tqdm
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
@@ -32,7 +32,7 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from dyn_seg import add_dynamic_routing_config
+from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.visualization import overlay_route
 from dyn_seg.visualization.stats import RoutingSpace
@@ -70,10 +70,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dyn_seg_cfg(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

@@ -34,12 +34,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import tqdm
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 
-from dyn_seg import add_dynamic_routing_config
+from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.visualization import RoutingStats, draw_image_route, draw_routing, format_gflops
 
@@ -81,11 +81,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dyn_seg_cfg(args.config_file, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but no GPU is available: running on the CPU.",
                        cfg.MODEL.DEVICE)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from ..checkpoint import DynSegCheckpointer
-from ..config import add_dynamic_routing_config
+from ..config import get_dyn_seg_cfg
 
 __all__ = ["MODEL_ZOO_WEIGHTS", "get", "get_checkpoint_url", "get_config", "get_config_file",
            "list_configs", "verify_sha256"]
@@ -57,9 +57,7 @@ def get_config_file(config_path: str) -> str:
 def get_config(config_path: str, trained: bool = False) -> CfgNode:
     """A config with dyn_seg's keys and ``configs/<config_path>`` merged; with ``trained``,
     ``MODEL.WEIGHTS`` points at the known trained checkpoint."""
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    cfg.merge_from_file(get_config_file(config_path))
+    cfg = get_dyn_seg_cfg(get_config_file(config_path))
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
     if not torch.cuda.is_available():
