@@ -41,3 +41,43 @@ def tiny_cfg(**overrides):
             node = getattr(node, p)
         setattr(node, last, value)
     return cfg
+
+
+def routing_spaces(max_layers: int):
+    """Hypothesis strategy: a valid ``(LAYER_NUM, CELL_NUM_LIST)`` with up to ``max_layers``
+    layers (1 or 2 cells first, then each layer keeps or adds one cell, at most 4)."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def spaces(draw):
+        layer_num = draw(st.integers(1, max_layers))
+        counts = [draw(st.integers(1, 2))]
+        for _ in range(layer_num - 1):
+            counts.append(min(4, counts[-1] + draw(st.integers(0, 1))))
+        return layer_num, counts
+
+    return spaces()
+
+
+def register_synthetic_train_split(root_dir: str, prefix: str) -> str:
+    """Generate two synthetic 32x64 street scenes under ``root_dir`` and register their
+    train split under a unique name starting with ``prefix`` (detectron2's builtin names
+    read DETECTRON2_DATASETS once, at import). Returns the name; remove it with
+    ``DatasetCatalog.remove``."""
+    import uuid
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
+
+    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+
+    root = generate_synthetic_cityscapes(root_dir, num_train=2, num_val=1, height=32,
+                                         width=64, progress=False)
+    image_dir = os.path.join(root, "cityscapes", "leftImg8bit", "train")
+    gt_dir = os.path.join(root, "cityscapes", "gtFine", "train")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: load_cityscapes_semantic(image_dir, gt_dir))
+    builtin = MetadataCatalog.get("cityscapes_fine_sem_seg_train")
+    MetadataCatalog.get(name).set(stuff_classes=builtin.stuff_classes, ignore_label=255,
+                                  evaluator_type="sem_seg")
+    return name

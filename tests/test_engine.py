@@ -3,20 +3,17 @@ evaluators and the budget warm-up as the trainer drives it."""
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from conftest import register_synthetic_train_split, tiny_cfg
+from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torch import nn
 
-from dyn_seg.data import generate_synthetic_cityscapes
 from dyn_seg.engine import (
     RandomCropWithPad,
     SemanticSegmentorWithTTA,
@@ -364,17 +361,7 @@ def test_summary_puts_miou_beside_gflops():
 def tiny_train_set(tmp_path_factory):
     """A 2-image synthetic Cityscapes train split of 32x64 frames, registered under a
     unique name (detectron2's builtin names read DETECTRON2_DATASETS once, at import)."""
-    from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
-
-    root = generate_synthetic_cityscapes(str(tmp_path_factory.mktemp("data")), num_train=2,
-                                         num_val=1, height=32, width=64, progress=False)
-    image_dir = os.path.join(root, "cityscapes", "leftImg8bit", "train")
-    gt_dir = os.path.join(root, "cityscapes", "gtFine", "train")
-    name = f"synthetic_train_{uuid.uuid4().hex[:8]}"
-    DatasetCatalog.register(name, lambda: load_cityscapes_semantic(image_dir, gt_dir))
-    builtin = MetadataCatalog.get("cityscapes_fine_sem_seg_train")
-    MetadataCatalog.get(name).set(stuff_classes=builtin.stuff_classes, ignore_label=255,
-                                  evaluator_type="sem_seg")
+    name = register_synthetic_train_split(str(tmp_path_factory.mktemp("data")), "synthetic_train")
     yield name
     DatasetCatalog.remove(name)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_cfg
+from conftest import routing_spaces, tiny_cfg
 from detectron2.modeling import build_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,17 +38,8 @@ def _run(model, image=IMAGE):
         return model([{"image": image}])[0]
 
 
-@st.composite
-def spaces(draw):
-    layer_num = draw(st.integers(1, 5))
-    counts = [draw(st.integers(1, 2))]
-    for _ in range(layer_num - 1):
-        counts.append(min(4, counts[-1] + draw(st.integers(0, 1))))
-    return layer_num, counts
-
-
 @settings(max_examples=12, deadline=None)
-@given(spaces(), st.booleans())
+@given(routing_spaces(5), st.booleans())
 def test_any_valid_routing_space_builds_and_runs(space, small_gate):
     layer_num, counts = space
     model = _build(**{"MODEL.BACKBONE.LAYER_NUM": layer_num,

@@ -3,19 +3,16 @@ the iteration and the last good checkpoint named."""
 from __future__ import annotations
 
 import math
-import os
 import types
-import uuid
 
 import pytest
 import torch
-from conftest import tiny_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from conftest import register_synthetic_train_split, tiny_cfg
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.data import generate_synthetic_cityscapes
 from dyn_seg.engine import Trainer
 from dyn_seg.engine.guards import (
     NonFiniteTrainingError,
@@ -125,15 +122,7 @@ def test_non_finite_loss_error_names_iteration_and_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def train_set(tmp_path_factory):
     """Two synthetic 32x64 street scenes, registered under a unique name."""
-    from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
-
-    root = generate_synthetic_cityscapes(str(tmp_path_factory.mktemp("data")), num_train=2,
-                                         num_val=1, height=32, width=64, progress=False)
-    image_dir = os.path.join(root, "cityscapes", "leftImg8bit", "train")
-    gt_dir = os.path.join(root, "cityscapes", "gtFine", "train")
-    name = f"numerical_safety_{uuid.uuid4().hex[:8]}"
-    DatasetCatalog.register(name, lambda: load_cityscapes_semantic(image_dir, gt_dir))
-    MetadataCatalog.get(name).set(ignore_label=255, evaluator_type="sem_seg")
+    name = register_synthetic_train_split(str(tmp_path_factory.mktemp("data")), "numerical_safety")
     yield name
     DatasetCatalog.remove(name)
 

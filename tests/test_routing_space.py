@@ -1,8 +1,8 @@
 """Topology of the routing space (pure functions, no tensors)."""
 from __future__ import annotations
 
+from conftest import routing_spaces
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from dyn_seg.modeling.routing_space import (
     DOWN,
@@ -51,17 +51,8 @@ def test_outputs_keep_always_up_unless_finest_down_unless_coarsest():
             assert list(cell.paths) == sorted(cell.paths, key=[KEEP, UP, DOWN].index)
 
 
-@st.composite
-def valid_spaces(draw):
-    layer_num = draw(st.integers(1, 10))
-    counts = [draw(st.integers(1, 2))]
-    for _ in range(layer_num - 1):
-        counts.append(min(4, counts[-1] + draw(st.integers(0, 1))))
-    return layer_num, counts
-
-
 @settings(max_examples=60, deadline=None)
-@given(valid_spaces())
+@given(routing_spaces(10))
 def test_every_cell_of_a_valid_space_is_reachable_and_local(space):
     layer_num, counts = space
     init, layers = build_routing_space(layer_num, counts, 8)
