@@ -9,7 +9,7 @@ import torch
 from conftest import REPO, tiny_cfg
 from detectron2.modeling import build_model
 
-from dyn_seg.fast.benchmark import all_open_real_gflops, parse_gates, prepare_weights
+from dyn_seg.benchmark.harness import all_open_real_gflops, parse_gates, prepare_weights
 
 TINY = ["--opts", "MODEL.BACKBONE.LAYER_NUM", "4", "MODEL.BACKBONE.INIT_CHANNEL", "8",
         "MODEL.BACKBONE.STEM_WIDTH", "16"]
@@ -49,7 +49,7 @@ def test_inference_benchmark_prints_one_json_line_per_mode(capsys):
 
 
 def test_argmax_disagreement_reports_the_margin_of_differing_pixels():
-    from dyn_seg.fast.benchmark import _argmax_agreement
+    from dyn_seg.benchmark.harness import _argmax_agreement
 
     reference = torch.zeros(1, 3, 2, 2)
     reference[0, 0] = 1.0  # class 0 everywhere, margin 1 ...
@@ -74,7 +74,7 @@ def test_training_benchmark_reports_throughput_per_mode(capsys):
 
 def test_open_gates_shut_no_real_flops_and_closed_cells_shut_some():
     model = build_model(tiny_cfg())
-    from dyn_seg.fast.benchmark import benchmark_inference
+    from dyn_seg.benchmark.harness import benchmark_inference
 
     prepare_weights(model, "open", seed=0, calibrate=1, calibration_size=(32, 64))
     (record,) = benchmark_inference(model, ["faithful"], (64, 128), 1, 0, 1)
@@ -92,7 +92,7 @@ def test_bad_gate_spec_names_the_allowed_forms(spec):
 
 
 def test_unknown_mode_is_rejected():
-    from dyn_seg.fast.benchmark import benchmark_inference
+    from dyn_seg.benchmark.harness import benchmark_inference
 
     model = build_model(tiny_cfg())
     with pytest.raises(ValueError, match="Unknown inference modes"):

@@ -11,22 +11,22 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from torch import nn
 
-from dyn_seg.fast import (
-    FastDynamicNetwork,
-    FastInference,
-    FastOptions,
-    FastSegmentationModel,
+from dyn_seg.benchmark import (
     GatePattern,
-    TrainingOptions,
     apply_gate_pattern,
     calibrate_batch_norm,
-    fold_conv,
-    plan_cell,
-    prepare_for_training,
     random_gate_pattern,
-    training_autocast,
 )
-from dyn_seg.modeling.flops import GATE_EPS
+from dyn_seg.modeling.cell import GATE_EPS
+from dyn_seg.modeling.plans import FastPlan, plan_cell
+from dyn_seg.modeling.transforms import (
+    FastInference,
+    InferenceCopy,
+    InferenceOptions,
+    TrainingOptions,
+    fold_conv,
+    prepare_for_training,
+)
 
 ATOL = 1e-4
 
@@ -43,7 +43,7 @@ def _model(seed: int = 0, **overrides):
     """A tiny eval-mode model with calibrated norms and input-dependent random gates."""
     torch.manual_seed(seed)
     model = build_model(tiny_cfg(**overrides))
-    calibrate_batch_norm(model, lambda b: model.sem_seg_head.layers(model.backbone(b)),
+    calibrate_batch_norm(model, lambda b: model.sem_seg_head.stride4_logits(model.backbone(b)),
                          [_images(4, seed + 100 + k) for k in range(2)])
     with torch.no_grad():
         for cell in model.backbone.all_cells():
@@ -59,9 +59,9 @@ def _faithful(model, x):
         return model.sem_seg_head(features)[0], features, routing
 
 
-def _assert_same(model, x, options: FastOptions, atol: float = ATOL):
+def _assert_same(model, x, options: InferenceOptions, atol: float = ATOL):
     ref_logits, ref_features, ref_routing = _faithful(model, x)
-    logits, features, routing = FastSegmentationModel(model, options)(x)
+    logits, features, routing = InferenceCopy(model, options)(x)
     torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=0)
     assert features.keys() == ref_features.keys()
     for name, ref in ref_features.items():
@@ -115,17 +115,20 @@ def test_folded_conv_equals_conv_norm_relu(norm_name, bias):
         _randomise_norm(conv.norm)
     x = torch.randn(2, 32, 9, 11)
     folded = fold_conv(conv)
-    assert (folded.norm is None) == (norm_name != "GN")  # GroupNorm cannot be folded
+    assert (folded is conv) == (norm_name == "GN")  # GroupNorm cannot be folded
     with torch.no_grad():
         torch.testing.assert_close(folded(x), conv(x), atol=1e-5, rtol=1e-5)
 
 
 def test_folding_keeps_the_source_module_unchanged():
-    conv = Conv2d(8, 8, 1, norm=nn.GroupNorm(2, 8)).train()
-    folded = fold_conv(conv)
-    folded.eval()
-    assert conv.training and conv.norm.training
-    assert folded.norm is not conv.norm
+    model = build_model(tiny_cfg()).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    copy_ = InferenceCopy(model)
+    conv = model.backbone.stem.stem_1
+    assert conv.training and conv.norm.training and conv.norm is not None
+    assert copy_.backbone.stem.stem_1 is not conv and not copy_.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
 
 
 def test_frozen_batch_norm_folds_like_batch_norm():
@@ -139,7 +142,7 @@ def test_frozen_batch_norm_folds_like_batch_norm():
     b_conv = Conv2d(4, 4, 1, norm=frozen)
     b_conv.load_state_dict(a_conv.state_dict(), strict=False)
     a, b = fold_conv(a_conv), fold_conv(b_conv)
-    assert a.norm is None and b.norm is None
+    assert a is not a_conv and b is not b_conv
     torch.testing.assert_close(a.weight, b.weight)
     torch.testing.assert_close(a.bias, b.bias)
 
@@ -186,17 +189,17 @@ def test_plan_without_gates_runs_everything():
 
 def test_per_image_routing_needs_skipping_closed_paths():
     with pytest.raises(ValueError, match="SKIP_CLOSED_PATHS"):
-        FastOptions(skip_closed_paths=False, per_image_routing=True)
+        InferenceOptions(skip_closed_paths=False, per_image_routing=True)
 
 
 # -- whole network -------------------------------------------------------------------------
 
 VARIANTS = {
-    "default": FastOptions(),
-    "nchw": FastOptions(channels_last=False),
-    "unfolded": FastOptions(fold_bn=False),
-    "whole_batch_skipping": FastOptions(per_image_routing=False),
-    "no_skipping": FastOptions(skip_closed_paths=False, per_image_routing=False),
+    "default": InferenceOptions(),
+    "nchw": InferenceOptions(channels_last=False),
+    "unfolded": InferenceOptions(fold_bn=False),
+    "whole_batch_skipping": InferenceOptions(per_image_routing=False),
+    "no_skipping": InferenceOptions(skip_closed_paths=False, per_image_routing=False),
 }
 
 
@@ -215,13 +218,13 @@ def test_fast_path_equals_faithful_on_batch_with_different_routes(routed_model, 
 def test_fast_path_equals_faithful_image_by_image(routed_model):
     x = _images(6, seed=1)
     for i in range(x.shape[0]):
-        _assert_same(routed_model, x[i:i + 1], FastOptions())
+        _assert_same(routed_model, x[i:i + 1], InferenceOptions())
 
 
 def test_fast_path_equals_faithful_with_all_gates_open():
     model = _model(seed=2)
     apply_gate_pattern(model.backbone, GatePattern())
-    routing = _assert_same(model, _images(2, seed=3), FastOptions())
+    routing = _assert_same(model, _images(2, seed=3), InferenceOptions())
     assert not any(c.dropped for c in routing.cells.values())
 
 
@@ -230,7 +233,7 @@ def test_fast_path_equals_faithful_with_forced_closed_gates(unit):
     model = _model(seed=3)
     pattern = random_gate_pattern(model.backbone, 0.5, unit=unit, seed=4)
     apply_gate_pattern(model.backbone, pattern)
-    routing = _assert_same(model, _images(2, seed=5), FastOptions())
+    routing = _assert_same(model, _images(2, seed=5), InferenceOptions())
     assert any(c.dropped for c in routing.cells.values()) or unit == "path"
 
 
@@ -240,7 +243,7 @@ def test_cell_whose_inputs_are_all_closed_paths_still_runs_on_zeros():
     model = _model(seed=4)
     pattern = GatePattern({(0, 0): ("keep",), (0, 1): ("up", "down")})
     apply_gate_pattern(model.backbone, pattern)
-    routing = _assert_same(model, _images(2, seed=6), FastOptions())
+    routing = _assert_same(model, _images(2, seed=6), InferenceOptions())
     for key in [(0, 0), (0, 1), (1, 0), (1, 2)]:
         assert not routing.cells[key].dropped and routing.cells[key].alpha is not None
 
@@ -251,27 +254,27 @@ def test_cell_whose_inputs_are_all_nothing_is_dropped():
     model = _model(seed=5)
     pattern = GatePattern({(0, 1): ("keep", "up", "down")})
     apply_gate_pattern(model.backbone, pattern)
-    routing = _assert_same(model, _images(2, seed=7), FastOptions())
+    routing = _assert_same(model, _images(2, seed=7), InferenceOptions())
     assert routing.cells[(0, 1)].dropped and routing.cells[(0, 1)].alpha is not None
     assert routing.cells[(1, 2)].dropped and routing.cells[(1, 2)].alpha is None
 
 
 def test_fast_path_equals_faithful_without_gates():
     model = _model(seed=6, **{"MODEL.GATE.GATE_ON": False})
-    _assert_same(model, _images(3, seed=8), FastOptions())
+    _assert_same(model, _images(3, seed=8), InferenceOptions())
 
 
 def test_fast_path_equals_faithful_with_small_gates_and_other_operations():
     model = _model(seed=7, **{"MODEL.GATE.SMALL_GATE": True,
                               "MODEL.BACKBONE.CELL_TYPE": ["sep_conv_5x5", "MBConv_3x3",
                                                            "skip_connect"]})
-    _assert_same(model, _images(3, seed=9), FastOptions())
+    _assert_same(model, _images(3, seed=9), InferenceOptions())
 
 
 def test_bf16_fast_path_agrees_on_argmax(routed_model):
     x = _images(2, seed=10)
     ref_logits, _, _ = _faithful(routed_model, x)
-    logits, _, _ = FastSegmentationModel(routed_model, FastOptions(bf16=True))(x)
+    logits, _, _ = InferenceCopy(routed_model, InferenceOptions(bf16=True))(x)
     assert logits.dtype == torch.float32
     agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
     assert agreement >= 0.97, agreement
@@ -279,11 +282,11 @@ def test_bf16_fast_path_agrees_on_argmax(routed_model):
 
 def test_compiled_fast_path_equals_faithful(routed_model):
     # the "eager" backend traces every compiled module through torch.compile quickly
-    _assert_same(routed_model, _images(2, seed=11), FastOptions(compile="eager"))
+    _assert_same(routed_model, _images(2, seed=11), InferenceOptions(compile="eager"))
 
 
 def test_fast_network_is_inference_only(routed_model):
-    net = FastDynamicNetwork(routed_model.backbone)
+    net = InferenceCopy(routed_model)
     with pytest.raises(RuntimeError, match="inference only"):
         net.train()
 
@@ -324,11 +327,11 @@ def test_segmentor_fast_copy_follows_weight_changes():
     inputs = _inputs(_images(1, seed=13), model)
     with torch.no_grad():
         first = model(inputs)[0]["sem_seg"]
-        cached = model.fast_inference.fast_model(model)
-        assert model.fast_inference.fast_model(model) is cached  # unchanged weights: reused
+        cached = model.fast_inference.inference_copy(model)
+        assert model.fast_inference.inference_copy(model) is cached  # unchanged weights: reused
         model.sem_seg_head.predictor.bias.add_(1.0)
         second = model(inputs)[0]["sem_seg"]
-    assert model.fast_inference.fast_model(model) is not cached
+    assert model.fast_inference.inference_copy(model) is not cached
     torch.testing.assert_close(second, first + 1.0, atol=ATOL, rtol=0)
 
 
@@ -355,18 +358,10 @@ def test_prepared_training_model_gives_the_same_loss_and_state_dict_keys():
     assert model.backbone.stem.stem_1.weight.is_contiguous()
     assert prepared.backbone.stem.stem_1.weight.is_contiguous(memory_format=torch.channels_last)
     ref = model(batch)["loss_sem_seg"]
-    with training_autocast(options, torch.device("cpu")):
-        loss = prepared(batch)["loss_sem_seg"]
+    loss = prepared(batch)["loss_sem_seg"]
     torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-4)
     loss.backward()
     assert prepared.backbone.init_cell.gate.proj.weight.grad is not None
-
-
-def test_bf16_training_autocast_runs_in_bfloat16():
-    options = TrainingOptions(bf16=True)
-    conv = nn.Conv2d(3, 4, 1)
-    with training_autocast(options, torch.device("cpu")):
-        assert conv(torch.randn(1, 3, 4, 4)).dtype == torch.bfloat16
 
 
 # -- gate patterns -------------------------------------------------------------------------
@@ -423,12 +418,14 @@ def _block_scenes(n: int, seed: int):
     return [{"image": im, "sem_seg": lb[0].long()} for im, lb in zip(images, labels)]
 
 
-def _loss_curve(model, batch, steps):
+def _loss_curve(model, batch, steps, bf16=False):
+    """SGD steps; ``bf16``: forward under bfloat16 autocast, as detectron2's AMPTrainer."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     curve = []
     for step in range(steps):
         model.step_rate = step / steps
-        losses = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            losses = model(batch)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -441,15 +438,14 @@ def test_bf16_training_tracks_the_float32_loss_curve():
     torch.manual_seed(0)
     cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 4, "MODEL.BUDGET.CONSTRAIN": True})
     model = build_model(cfg).train()
-    bf16 = prepare_for_training(copy.deepcopy(model), TrainingOptions(bf16=True))
-    assert bf16.train_bf16 and not model.train_bf16
+    bf16 = copy.deepcopy(model)
     seen = []
     bf16.backbone.stem.stem_1.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     batch = _block_scenes(2, seed=3)
     torch.manual_seed(1)
     ref = _loss_curve(model, batch, 30)
     torch.manual_seed(1)
-    low = _loss_curve(bf16, batch, 30)
+    low = _loss_curve(bf16, batch, 30, bf16=True)
     assert ref[-1] < 0.7 * ref[0]  # the network learns ...
     assert low[-1] < 0.7 * low[0]  # ... in bfloat16 too
     for a, b in zip(ref, low):  # and the curves stay together (within 2% at every step)

@@ -102,7 +102,7 @@ def test_eval_logits_match_reference_batched_and_per_image(eval_outputs, referen
 def test_default_fast_inference_path_matches_reference_too(converted, reference_fixture):
     """MODEL.FAST.ENABLED (the default) folds norms and skips closed paths: same logits
     within 1e-4 relative, same FLOPs, batched and per image."""
-    from dyn_seg.fast import FastInference
+    from dyn_seg.modeling.transforms import FastInference
 
     model = copy.deepcopy(converted[0]).eval()
     model.fast_inference = FastInference()

@@ -5,7 +5,7 @@ Prints one JSON line per measurement (and a header line describing device and se
 
 * ``inference``: latency of backbone + decoder (routing record and FLOPs included) on a
   random normalised batch, for the faithful eager fp32 path and each fast mode (see
-  ``dyn_seg.fast.benchmark.INFERENCE_MODES``; each adds one optimisation to the previous),
+  ``dyn_seg.benchmark.INFERENCE_MODES``; each adds one optimisation to the previous),
   with real GFLOPs per image, the share of the all-open real FLOPs that the gates shut,
   and agreement with the faithful logits (largest difference, argmax agreement);
 * ``train``: training steps per second (forward, losses, backward, SGD step) for the
@@ -37,7 +37,7 @@ from detectron2.modeling import build_model
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.fast.benchmark import (
+from dyn_seg.benchmark import (
     INFERENCE_MODES,
     TRAINING_MODES,
     benchmark_inference,
@@ -84,7 +84,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def setup(args: argparse.Namespace):
     cfg = get_dyn_seg_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
-    cfg.MODEL.FAST.ENABLED = False  # the benchmark builds its own fast copies
+    cfg.MODEL.FAST.ENABLED = False  # the benchmark builds its own inference copies
     cfg.freeze()
     return cfg
 

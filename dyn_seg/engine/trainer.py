@@ -17,7 +17,7 @@ from torch import nn
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.evaluation import build_sem_seg_evaluator
-from dyn_seg.fast import TrainingOptions, prepare_for_training
+from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
 
 from .augmentation import build_train_augmentations
 from .ddp import create_ddp_model

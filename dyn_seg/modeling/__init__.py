@@ -1,14 +1,24 @@
 """Importing this package registers the backbone, head and meta-architecture."""
 from .backbone import DynamicNetwork, RoutingRecord, build_dynamic_routing_backbone
-from .budget import budget_loss
-from .cell import RoutingCell
+from .budget import BudgetConstraint, budget_loss
+from .cell import GATE_EPS, RoutingCell
 from .gate import SoftGate
 from .meta_arch import DynamicSemanticSegmentor
+from .plans import FaithfulPlan, FastPlan
 from .ops import CELL_OPERATIONS, known_operations
 from .routing_space import build_routing_space
 from .sem_seg_head import DynamicSemSegHead
+from .transforms import FastInference, InferenceCopy, InferenceOptions, prepare_for_training
 
 __all__ = [
+    "BudgetConstraint",
+    "FaithfulPlan",
+    "FastInference",
+    "FastPlan",
+    "GATE_EPS",
+    "InferenceCopy",
+    "InferenceOptions",
+    "prepare_for_training",
     "CELL_OPERATIONS",
     "DynamicNetwork",
     "DynamicSemSegHead",

@@ -45,9 +45,7 @@ def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     gates = sum(table[(s.layer, s.scale)].gate for layer in backbone.cell_specs for s in layer)
     head_flops = 0.0
     if head is not None:
-        # every feature is present when all paths are open; only presence is looked at
-        present = {name: torch.empty(0) for name in backbone.output_shape()}
-        head_flops = head.flops(present, size)
+        head_flops = head.flops(size)
     return {
         "real": float(real[0]) + stem + head_flops,
         "expected": float(expected[0]),

@@ -10,8 +10,9 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from .cell import CellOutputs, RoutingCell
+from .cell import RoutingCell
 from .flops import CellFlops, CellRouting, cell_flops, routing_flops, stem_flops
+from .plans import FaithfulPlan
 from .layers import ConvSpec, build_convs, depthwise, kaiming_init, pointwise
 from .ops import operation_specs, validate_cell_type
 from .routing_space import (
@@ -122,7 +123,7 @@ class DynamicNetwork(Backbone):
         self.step_rate = 0.0  # training progress in [0, 1], set by the meta-architecture
 
         self.stem_specs = stem_layer_specs(init_channel, stem_width, sept_stem)
-        self.stem = nn.Module()
+        self.stem = nn.Sequential()  # children stem_1, stem_2, stem_3 (reference key names)
         for k, block in enumerate(self.stem_specs, start=1):
             # a single convolution stands alone (reference layout ``stem_1.weight``)
             convs = build_convs(block, norm)
@@ -198,10 +199,11 @@ class DynamicNetwork(Backbone):
         return self.forward_with_routing(x)[0]
 
     def forward_with_routing(
-        self, x: torch.Tensor
+        self, x: torch.Tensor, plan=None
     ) -> Tuple[Dict[str, Optional[torch.Tensor]], RoutingRecord]:
         """Run the network on normalised, padded images (N, 3, H, W).
 
+        ``plan``: how to execute (:mod:`dyn_seg.modeling.plans`); None is the faithful plan.
         Returns the feature dict and the :class:`RoutingRecord` of this batch.
         """
         if x.dim() != 4 or x.shape[1] != 3:
@@ -209,39 +211,10 @@ class DynamicNetwork(Backbone):
                 f"DynamicNetwork expects a (N, 3, H, W) tensor of images, got shape "
                 f"{tuple(x.shape)}; convert grayscale or RGBA images to 3 channels first."
             )
-        drop = self.drop_prob if self.training else 0.0
-        stem_out = x
-        for k in range(len(self.stem_specs)):
-            stem_out = getattr(self.stem, f"stem_{k + 1}")(stem_out)
-
-        outputs: Dict[Tuple[int, int], CellOutputs] = {}
-        outputs[(-1, 0)] = self.init_cell(stem_out, drop, self.step_rate)
-        for layer_specs, layer_cells in zip(self.cell_specs, self.cells):
-            layer_out = {}
-            for spec, cell in zip(layer_specs, layer_cells):
-                layer_out[(spec.layer, spec.scale)] = cell(
-                    self._aggregate(spec, outputs), drop, self.step_rate
-                )
-            outputs.update(layer_out)
-
-        last = len(self.cell_specs) - 1
-        features = {
-            name: outputs[(last, i)].keep for i, name in enumerate(self._out_features)
-        }
-        routing = {k: CellRouting(o.alpha, o.dropped) for k, o in outputs.items()}
+        features, routing = (plan or _FAITHFUL).run(self, x)
         table, stem = self.flops_table(self.counting_size(x))
         expected, real = routing_flops(self.cell_specs, table, routing, x.shape[0], x)
         return features, RoutingRecord(routing, expected, real, stem)
-
-    @staticmethod
-    def _aggregate(spec: CellSpec, outputs: Dict[Tuple[int, int], CellOutputs]
-                   ) -> Optional[torch.Tensor]:
-        x = None
-        for inp in spec.inputs:
-            t = outputs[(inp.layer, inp.scale)].get(inp.path)
-            if t is not None:
-                x = t if x is None else x + t
-        return x
 
     def counting_size(self, x: torch.Tensor) -> Tuple[int, int]:
         """(H, W) at which FLOPs are counted: ``flops_size``, else the (padded) input's."""
@@ -260,6 +233,9 @@ class DynamicNetwork(Backbone):
                 )
             self._flops_tables[size] = (table, stem_flops(self.stem_specs, size, self.norm))
         return self._flops_tables[size]
+
+
+_FAITHFUL = FaithfulPlan()
 
 
 @BACKBONE_REGISTRY.register()

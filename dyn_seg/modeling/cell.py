@@ -1,18 +1,61 @@
-"""One routing cell: aggregate, gate, operate, and emit keep / up / down transitions."""
+"""One routing cell: aggregate, gate, operate, and emit keep / up / down transitions.
+
+The cell's rules live here once and every execution plan (:mod:`.plans`) uses them:
+which images are *shut* (:func:`image_shut`), when a whole batch *drops* the cell at
+inference (:func:`batch_drops`), what the operations and transitions compute
+(:meth:`RoutingCell.body`, :meth:`RoutingCell.transition`) and the shapes of the
+transition outputs (:func:`transition_shape`, :func:`transition_specs`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flops import GATE_EPS, transition_specs
 from .gate import SoftGate
-from .layers import build_conv
+from .layers import ConvSpec, build_conv
 from .ops import CellOperation
 from .routing_space import DOWN, KEEP, UP, CellSpec
+
+# A gate activation (or a sum of them) below this is "closed" (reference threshold). The
+# one threshold of the method: dropping, shut images, real FLOPs and routing statistics.
+GATE_EPS = 1e-4
+
+
+def image_shut(alpha_sum):
+    """True for an image whose activations sum (tensor or float) below ``GATE_EPS``: the
+    cell is an identity for it (keep = X, up / down = 0)."""
+    return alpha_sum < GATE_EPS
+
+
+def batch_drops(alpha_total: float) -> bool:
+    """True when the activations of the whole batch sum below ``GATE_EPS``: at inference
+    the cell is skipped (keep = X, up / down are nothing)."""
+    return alpha_total < GATE_EPS
+
+
+def transition_specs(path: str, channels: int) -> List[ConvSpec]:
+    """Convolutions of a transition (each starts with a ReLU on the cell's sum, counted apart)."""
+    if path == KEEP:
+        return []
+    if path == UP:
+        return [ConvSpec(channels, channels // 2, 1, norm=True, relu=True)]
+    if path == DOWN:
+        return [ConvSpec(channels, channels * 2, 1, stride=2, norm=True, relu=True)]
+    raise ValueError(f"unknown path {path!r}")
+
+
+def transition_shape(path: str, shape: Sequence[int]) -> Tuple[int, int, int, int]:
+    """Output shape of transition ``path`` for a cell input of shape (N, C, H, W)."""
+    n, c, h, w = shape
+    if path == UP:
+        return (n, c // 2, 2 * h, 2 * w)
+    if path == DOWN:
+        return (n, 2 * c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)
+    return (n, c, h, w)
 
 
 @dataclass
@@ -40,6 +83,8 @@ class RoutingCell(nn.Module):
     keep = ReLU(H); up = ReLU(H) -> 1x1 C->C/2 (norm, ReLU) -> bilinear x2;
     down = ReLU(H) -> 1x1 stride 2 C->2C (norm, ReLU). Each is scaled by its gate activation.
     An image whose activations sum to below 1e-4 passes X through unchanged (keep = X).
+
+    ``forward`` is the faithful plan for one cell (every path for every image).
     """
 
     def __init__(
@@ -70,33 +115,37 @@ class RoutingCell(nn.Module):
         """``x``: the summed inputs (N, C, H, W), or None when every input was nothing."""
         if x is None:
             return CellOutputs(None, None, None, None, dropped=True)
-        n = x.shape[0]
-        if self.gate is not None:
-            alpha = self.gate(x)
-            # whole-batch skipping at inference (one host sync, as the reference)
-            if not self.training and float(alpha.sum()) < GATE_EPS:
-                return CellOutputs(x, None, None, alpha, dropped=True)
-        else:
-            alpha = x.new_ones(n, self.spec.num_paths)
+        alpha = self.activations(x)
+        # whole-batch skipping at inference (one host sync, as the reference)
+        if self.gate is not None and not self.training and batch_drops(float(alpha.detach().sum())):
+            return CellOutputs(x, None, None, alpha, dropped=True)
 
-        h = self._operations(x, drop_prob, step_rate)
-        act = F.relu(h)
-        shut = (alpha.sum(dim=1) < GATE_EPS).to(x.dtype).view(n, 1, 1, 1)
-        keep = shut * x + self._scale(alpha, KEEP) * act
-        up = down = None
-        if self.up is not None:
-            up = F.interpolate(self.up(act), scale_factor=2, mode="bilinear", align_corners=False)
-            up = self._scale(alpha, UP) * up
-        if self.down is not None:
-            down = self._scale(alpha, DOWN) * self.down(act)
+        act = self.body(x, drop_prob, step_rate)
+        shut = image_shut(alpha.sum(dim=1)).to(x.dtype).view(-1, 1, 1, 1)
+        keep = shut * x + self.scale(alpha, KEEP) * act
+        up = self.scale(alpha, UP) * self.transition(UP, act) if self.up is not None else None
+        down = (self.scale(alpha, DOWN) * self.transition(DOWN, act)
+                if self.down is not None else None)
         return CellOutputs(keep, up, down, alpha, dropped=False)
 
-    def _scale(self, alpha: torch.Tensor, path: str) -> torch.Tensor:
-        a = alpha[:, self.spec.paths.index(path)]
-        return a.view(-1, 1, 1, 1)
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate activations (N, num_paths) in float32; ones without a gate (Network-Fix)."""
+        if self.gate is None:
+            return torch.ones(x.shape[0], self.spec.num_paths, device=x.device)
+        return self.gate(x)
 
-    def _operations(self, x: torch.Tensor, drop_prob: float, step_rate: float) -> torch.Tensor:
+    def scale(self, alpha: torch.Tensor, path: str) -> torch.Tensor:
+        """The activations of ``path`` as an (N, 1, 1, 1) factor."""
+        return alpha[:, self.spec.paths.index(path)].view(-1, 1, 1, 1)
+
+    def body(self, x: torch.Tensor, drop_prob: float = 0.0, step_rate: float = 0.0
+             ) -> torch.Tensor:
+        """ReLU(H), H = the sum of the operations on ``x`` (scheduled drop path in training).
+
+        Without autograd the sum and the ReLU reuse fresh tensors in place (never ``x``).
+        """
         keep_prob = 1.0 - step_rate * self.layer_rate * drop_prob
+        inplace = not torch.is_grad_enabled()
         out = None
         for op in self.ops:
             y = op(x)
@@ -104,5 +153,19 @@ class RoutingCell(nn.Module):
                 # scheduled drop path: per-image Bernoulli mask, rescaled by keep_prob
                 mask = torch.bernoulli(x.new_full((x.shape[0], 1, 1, 1), keep_prob))
                 y = y * mask / keep_prob
-            out = y if out is None else out + y
-        return out
+            if out is None:
+                out = y
+            elif inplace and out is not x:
+                out = out.add_(y)
+            else:
+                out = out + y
+        return F.relu_(out) if inplace and out is not x else F.relu(out)
+
+    def transition(self, path: str, act: torch.Tensor) -> torch.Tensor:
+        """The unscaled transition ``path`` of ``act`` = ReLU(H) (keep: ``act`` itself)."""
+        if path == UP:
+            return F.interpolate(self.up(act), scale_factor=2, mode="bilinear",
+                                 align_corners=False)
+        if path == DOWN:
+            return self.down(act)
+        return act

@@ -22,12 +22,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .cell import GATE_EPS, transition_specs
+from .gate import gate_specs, small_gate_size
 from .layers import ConvSpec
-from .routing_space import DOWN, KEEP, UP, CellSpec
+from .routing_space import CellSpec
 
 MEGA = 1e6
-# A gate activation (or a sum of them) at or below this is "closed" (reference threshold).
-GATE_EPS = 1e-4
 
 
 def norm_factor(norm: str) -> int:
@@ -72,11 +72,6 @@ def decoder_map_size(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
     return side, side
 
 
-def small_gate_size(h: int, w: int) -> Tuple[int, int]:
-    """Input size of a small gate (a quarter per side, at least one pixel)."""
-    return max(1, h // 4), max(1, w // 4)
-
-
 @dataclass(frozen=True)
 class CellFlops:
     """Static FLOPs (MFLOPs) of one cell at one counting size."""
@@ -84,22 +79,6 @@ class CellFlops:
     ops: float
     gate: float
     paths: Dict[str, float] = field(default_factory=dict)  # outgoing transitions
-
-
-def transition_specs(path: str, channels: int) -> List[ConvSpec]:
-    """Convolutions of a transition (each starts with a ReLU on the cell's sum, counted apart)."""
-    if path == KEEP:
-        return []
-    if path == UP:
-        return [ConvSpec(channels, channels // 2, 1, norm=True, relu=True)]
-    if path == DOWN:
-        return [ConvSpec(channels, channels * 2, 1, stride=2, norm=True, relu=True)]
-    raise ValueError(f"unknown path {path!r}")
-
-
-def gate_specs(channels: int) -> ConvSpec:
-    """The gate's first layer: 1x1 conv C -> C/2 with norm and ReLU."""
-    return ConvSpec(channels, channels // 2, 1, norm=True, relu=True)
 
 
 def gate_flops(channels: int, num_paths: int, h: int, w: int, norm: str, small: bool) -> float:
@@ -153,9 +132,11 @@ def routing_flops(
 
     For each routed cell: expected = max(alpha) * ops + sum of (alpha * transition) over its
     inputs; real = [sum(alpha) > eps] * ops + sum of [alpha > eps] * transition over its
-    inputs + gate (when the gate ran). A dropped cell contributes only its inputs (and its
-    gate to real FLOPs, when it ran). ``routing`` holds layer -1 (the init cell) as well,
-    whose own FLOPs are not counted. Expected FLOPs are differentiable through alpha.
+    inputs + gate. A dropped cell contributes only its inputs (and its gate to real FLOPs);
+    a cell that received no input at all (alpha None) still adds its gate to real FLOPs,
+    although that gate never ran (reference rule, PAPER.md section 4). ``routing`` holds
+    layer -1 (the init cell) as well, whose own FLOPs are not counted. Expected FLOPs are
+    differentiable through alpha.
     """
     expected = reference.new_zeros(batch_size, dtype=torch.float32)
     real = reference.new_zeros(batch_size, dtype=torch.float32)
@@ -172,11 +153,9 @@ def routing_flops(
                 expected = expected + a * cost
                 real = real + (a > GATE_EPS).float() * cost
             own = routing[key]
-            if own.alpha is None:
-                continue
             cost = table[key]
             real = real + cost.gate
-            if own.dropped:
+            if own.alpha is None or own.dropped:
                 continue
             a = own.alpha.float()
             expected = expected + a.max(dim=1).values * cost.ops

@@ -1,20 +1,32 @@
 """The soft conditional gate: per image and path, alpha = max(0, tanh(.))."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .flops import gate_specs, small_gate_size
-from .layers import build_conv
+from .layers import ConvSpec, build_conv
+
+
+def gate_specs(channels: int) -> ConvSpec:
+    """The gate's first layer: 1x1 conv C -> C/2 with norm and ReLU."""
+    return ConvSpec(channels, channels // 2, 1, norm=True, relu=True)
+
+
+def small_gate_size(h: int, w: int) -> Tuple[int, int]:
+    """Input size of a small gate (a quarter per side, at least one pixel)."""
+    return max(1, h // 4), max(1, w // 4)
 
 
 class SoftGate(nn.Module):
     """1x1 conv C->C/2 (norm, ReLU) -> global average pool -> 1x1 conv C/2->paths (bias).
 
-    Returns activations of shape (N, num_paths) in [0, 1); a path whose activation is 0
-    is closed. With ``small`` the gate looks at the input bilinearly resized to a quarter per
-    side. The last convolution's bias starts at ``init_bias`` so that every path starts open.
+    Returns float32 activations of shape (N, num_paths) in [0, 1); a path whose activation
+    is 0 is closed. With ``small`` the gate looks at the input bilinearly resized to a
+    quarter per side. The last convolution's bias starts at ``init_bias`` so that every path
+    starts open.
     """
 
     def __init__(self, channels: int, num_paths: int, norm: str, init_bias: float = 1.5,
@@ -36,7 +48,8 @@ class SoftGate(nn.Module):
             else:  # the plain quarter-scale resize would be empty on a tiny map
                 x = F.interpolate(x, size=small_gate_size(h, w), mode="bilinear",
                                   align_corners=False)
-        x = F.adaptive_avg_pool2d(self.reduce(x), 1)
+        # pooled in float32 (a no-op copy in float32, exact pooling under bfloat16)
+        x = F.adaptive_avg_pool2d(self.reduce(x).float(), 1)
         # The activations decide the routing and the expected FLOPs (budget loss): the last
         # layer runs in float32 even under bf16 autocast (without autocast: unchanged).
         with torch.autocast(x.device.type, enabled=False):

@@ -8,7 +8,7 @@ so that the modules and the FLOPs accounting cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
@@ -78,6 +78,3 @@ def kaiming_init(module: nn.Module) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-
-def specs_out_channels(specs: Sequence[ConvSpec]) -> int:
-    return specs[-1].out_channels

@@ -1,7 +1,6 @@
 """DynamicSemanticSegmentor: normalise, pad, route, decode, and add the budget loss."""
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -10,48 +9,13 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.semantic_seg import build_sem_seg_head
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
-from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .backbone import DynamicNetwork, RoutingRecord
-from .budget import budget_loss
-from .flops import GATE_EPS
+from .budget import BudgetConstraint
+from .transforms import FastInference
 
-__all__ = ["DynamicSemanticSegmentor", "BudgetConfig"]
-
-
-class BudgetConfig:
-    """Budget-constraint settings (``MODEL.BUDGET.*``), validated."""
-
-    def __init__(self, constrain: bool = False, loss_weight: float = 0.5, loss_mu: float = 0.1,
-                 flops_all: float = 26300.0, unupdate_rate: float = 0.4, warm_up: bool = True):
-        checks = [
-            ("LOSS_WEIGHT", loss_weight, loss_weight >= 0, ">= 0"),
-            ("LOSS_MU", loss_mu, 0 <= loss_mu <= 1, "in [0, 1] (a share of FLOPS_ALL)"),
-            ("FLOPS_ALL", flops_all, flops_all > 0, "> 0 (MFLOPs of all cells, 26300 at 768x768)"),
-            ("UNUPDATE_RATE", unupdate_rate, 0 <= unupdate_rate <= 1, "in [0, 1]"),
-        ]
-        for key, value, ok, allowed in checks:
-            if not ok:
-                raise ValueError(
-                    f"MODEL.BUDGET.{key}={value} is not allowed: it must be {allowed}."
-                )
-        self.constrain = constrain
-        self.loss_weight = loss_weight
-        self.mu = loss_mu
-        self.flops_all = flops_all
-        self.unupdate_rate = unupdate_rate
-        self.warm_up = warm_up
-
-
-def _fast_inference(cfg):
-    """The fast inference path when ``MODEL.FAST.ENABLED`` (imported here: it builds on
-    this package's modules)."""
-    if not cfg.MODEL.FAST.ENABLED:
-        return None
-    from dyn_seg.fast import FastInference
-
-    return FastInference.from_config(cfg)
+__all__ = ["DynamicSemanticSegmentor"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -74,14 +38,14 @@ class DynamicSemanticSegmentor(nn.Module):
         sem_seg_head: nn.Module,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
-        budget: Optional[BudgetConfig] = None,
+        budget: Optional[BudgetConstraint] = None,
         cal_flops: bool = True,
         fast_inference=None,
     ):
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
-        self.budget = budget or BudgetConfig()
+        self.budget = budget or BudgetConstraint()
         self.cal_flops = cal_flops
         if self.budget.constrain and not cal_flops:
             raise ValueError(
@@ -96,26 +60,21 @@ class DynamicSemanticSegmentor(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.step_rate = 0.0
-        # dyn_seg.fast.FastInference (a plain object, not a submodule) or None: eval-mode
-        # forward then runs the fast copy of this model instead of the faithful modules
+        # FastInference (a plain object, not a submodule) or None: eval-mode forward then
+        # runs the fast plan on a transformed copy of these modules
         self.fast_inference = fast_inference
-        # MODEL.FAST.TRAIN_BF16: training forward passes under bfloat16 autocast (gate
-        # activations and losses stay float32); set by dyn_seg.fast.prepare_for_training
-        self.train_bf16 = False
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
-        b = cfg.MODEL.BUDGET
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "budget": BudgetConfig(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL,
-                                   b.UNUPDATE_RATE, b.WARM_UP),
+            "budget": BudgetConstraint.from_config(cfg),
             "cal_flops": cfg.MODEL.CAL_FLOPS,
-            "fast_inference": _fast_inference(cfg),
+            "fast_inference": FastInference.from_config(cfg),
         }
 
     @property
@@ -142,8 +101,7 @@ class DynamicSemanticSegmentor(nn.Module):
         if not self.training and self.fast_inference is not None:
             logits, features, routing = self.fast_inference(self, images.tensor)
         else:
-            with self._training_autocast():
-                features, routing = self.backbone.forward_with_routing(images.tensor)
+            features, routing = self.backbone.forward_with_routing(images.tensor)
 
         if self.training:
             if "sem_seg" not in batched_inputs[0]:
@@ -153,26 +111,17 @@ class DynamicSemanticSegmentor(nn.Module):
                 self.backbone.size_divisibility,
                 self.sem_seg_head.ignore_value,
             ).tensor
-            with self._training_autocast():
-                _, losses = self.sem_seg_head(features, targets)
-            if self.budget.constrain:
-                loss = budget_loss(
-                    routing.expected_flops,
-                    flops_all=self.budget.flops_all,
-                    mu=self.budget.mu,
-                    loss_weight=self.budget.loss_weight,
-                    step_rate=self.step_rate,
-                    unupdate_rate=self.budget.unupdate_rate,
-                    warm_up=self.budget.warm_up,
-                )
-                if loss is not None:
-                    losses["loss_budget"] = loss
-            self._log_routing(features, routing, images.tensor)
+            _, losses = self.sem_seg_head(features, targets)
+            losses.update(self.budget.losses(routing, self.step_rate))
+            real = expected = None
+            if self.cal_flops:
+                real, expected = self.image_flops(routing, images.tensor)
+            self.budget.log_routing(routing, real, expected)
             return losses
 
         if logits is None:
             logits, _ = self.sem_seg_head(features)
-        real, expected = self.image_flops(features, routing, images.tensor)
+        real, expected = self.image_flops(routing, images.tensor)
         results = []
         for i, (result, inp, size) in enumerate(
             zip(logits, batched_inputs, images.image_sizes)
@@ -193,41 +142,10 @@ class DynamicSemanticSegmentor(nn.Module):
             results.append(out)
         return results
 
-    def _training_autocast(self):
-        """bfloat16 autocast for training forward passes when ``train_bf16``."""
-        if self.training and self.train_bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def image_flops(self, features, routing: RoutingRecord, images: torch.Tensor
+    def image_flops(self, routing: RoutingRecord, images: torch.Tensor
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-image (real, expected) MFLOPs: real = cells + stem + head, expected = cells."""
         size = self.backbone.counting_size(images)
-        head = self.sem_seg_head.flops(features, size)
+        head = self.sem_seg_head.flops(size)
         real = routing.real_flops + routing.stem_flops + head
         return real.detach(), routing.expected_flops.detach()
-
-    def _log_routing(self, features, routing: RoutingRecord, images: torch.Tensor) -> None:
-        """Put FLOPs and gate statistics of this step into the active EventStorage."""
-        try:
-            storage = get_event_storage()
-        except AssertionError:  # no storage outside a trainer
-            return
-        stats = {}
-        if self.cal_flops:
-            real, expected = self.image_flops(features, routing, images)
-            stats["flops/real_gflops"] = float(real.mean()) * 1e-3
-            stats["flops/expected_gflops"] = float(expected.mean()) * 1e-3
-        alphas = [c.alpha for k, c in routing.cells.items() if c.alpha is not None and k[0] >= 0]
-        if alphas:
-            active = torch.cat([(a > GATE_EPS).float().flatten() for a in alphas])
-            stats["routing/gate_active_rate"] = float(active.mean())
-            per_layer: Dict[int, List[torch.Tensor]] = {}
-            for (l, _), c in routing.cells.items():
-                if l >= 0 and c.alpha is not None:
-                    per_layer.setdefault(l, []).append((c.alpha > GATE_EPS).float().flatten())
-            rates = torch.stack([torch.cat(v).mean() for v in per_layer.values()]).tolist()
-            for l, rate in zip(per_layer, rates):  # one host sync for all layers
-                stats[f"routing/layer_{l}_active_rate"] = rate
-        if stats:
-            storage.put_scalars(**stats)

@@ -85,15 +85,18 @@ class DynamicSemSegHead(nn.Module):
             "loss_weight": h.LOSS_WEIGHT,
         }
 
-    def layers(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+    def stride4_logits(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
         """Logits at stride 4 (before the final x4 upsampling)."""
         return decode(features, self.in_features, self.decoders, self.predictor)
 
+    @staticmethod
+    def upsample(logits: torch.Tensor) -> torch.Tensor:
+        """Stride-4 logits to input resolution (bilinear x4)."""
+        return F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
+
     def forward(self, features, targets: Optional[torch.Tensor] = None
                 ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
-        logits = F.interpolate(
-            self.layers(features), scale_factor=4, mode="bilinear", align_corners=False
-        )
+        logits = self.upsample(self.stride4_logits(features))
         if self.training:
             return None, self.losses(logits, targets)
         return logits, {}
@@ -105,20 +108,16 @@ class DynamicSemSegHead(nn.Module):
             )
         return {"loss_sem_seg": loss * self.loss_weight}
 
-    def flops(self, features: Dict[str, Optional[torch.Tensor]], size: Tuple[int, int]) -> float:
-        """MFLOPs of the decoder at counting size ``size`` for the features that ran.
+    def flops(self, size: Tuple[int, int]) -> float:
+        """MFLOPs of the decoder at counting size ``size``: one constant per size.
 
-        A decoder layer counts once its feature or the running prediction exists; the
-        predictor always counts. Layers are counted on :func:`decoder_map_size`'s map, as the
-        reference does.
+        Every decoder layer and the predictor count, whether or not its feature exists in a
+        given forward pass (reference rule, PAPER.md section 4), on
+        :func:`decoder_map_size`'s map.
         """
         total = 0.0
-        running = False
-        for j in reversed(range(len(self.in_features))):
-            running = running or features.get(self.in_features[j]) is not None
-            if running:
-                h, w = decoder_map_size(size, self.strides[j])
-                total += conv_flops(self.decoder_specs[j], h, w, self.norm)[0]
-        h, w = decoder_map_size(size, self.strides[0])
-        total += conv_flops(self.predictor_spec, h, w, self.norm)[0]
+        for spec, stride in zip(self.decoder_specs + [self.predictor_spec],
+                                self.strides + [self.strides[0]]):
+            h, w = decoder_map_size(size, stride)
+            total += conv_flops(spec, h, w, self.norm)[0]
         return total / MEGA

@@ -20,10 +20,14 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .engine import FastSegmentationModel
-from .options import FastOptions
+from dyn_seg.modeling.transforms import (
+    InferenceCopy,
+    InferenceOptions,
+    TrainingOptions,
+    prepare_for_training,
+)
+
 from .patterns import apply_gate_pattern, calibrate_batch_norm, random_gate_pattern
-from .training import TrainingOptions, prepare_for_training, training_autocast
 
 __all__ = [
     "INFERENCE_MODES",
@@ -37,26 +41,27 @@ __all__ = [
 ]
 
 # Cumulative steps: each mode adds one optimisation to the previous one.
-INFERENCE_MODES: Dict[str, Optional[FastOptions]] = {
+INFERENCE_MODES: Dict[str, Optional[InferenceOptions]] = {
     "faithful": None,
-    "fast-base": FastOptions(fold_bn=False, channels_last=False, skip_closed_paths=False,
-                             per_image_routing=False),
-    "fast-fold": FastOptions(channels_last=False, skip_closed_paths=False,
-                             per_image_routing=False),
-    "fast-fold-cl": FastOptions(skip_closed_paths=False, per_image_routing=False),
-    "fast-fold-cl-skip": FastOptions(per_image_routing=False),
-    "fast": FastOptions(),
-    "fast-bf16": FastOptions(bf16=True),
-    "fast-compile": FastOptions(compile="inductor"),
+    "fast-base": InferenceOptions(fold_bn=False, channels_last=False, skip_closed_paths=False,
+                                  per_image_routing=False),
+    "fast-fold": InferenceOptions(channels_last=False, skip_closed_paths=False,
+                                  per_image_routing=False),
+    "fast-fold-cl": InferenceOptions(skip_closed_paths=False, per_image_routing=False),
+    "fast-fold-cl-skip": InferenceOptions(per_image_routing=False),
+    "fast": InferenceOptions(),
+    "fast-bf16": InferenceOptions(bf16=True),
+    "fast-compile": InferenceOptions(compile="inductor"),
 }
-TRAINING_MODES: Dict[str, TrainingOptions] = {
-    "faithful": TrainingOptions(),
-    "channels_last": TrainingOptions(channels_last=True),
-    "bf16": TrainingOptions(bf16=True),
-    "channels_last-bf16": TrainingOptions(channels_last=True, bf16=True),
-    "compile": TrainingOptions(compile="inductor"),
-    "channels_last-bf16-compile": TrainingOptions(channels_last=True, bf16=True,
-                                                  compile="inductor"),
+# (transforms, bfloat16 autocast as detectron2's AMPTrainer runs it)
+TRAINING_MODES: Dict[str, Tuple[TrainingOptions, bool]] = {
+    "faithful": (TrainingOptions(), False),
+    "channels_last": (TrainingOptions(channels_last=True), False),
+    "bf16": (TrainingOptions(), True),
+    "channels_last-bf16": (TrainingOptions(channels_last=True), True),
+    "compile": (TrainingOptions(compile="inductor"), False),
+    "channels_last-bf16-compile": (TrainingOptions(channels_last=True, compile="inductor"),
+                                   True),
 }
 GIGA_PER_MEGA = 1e-3
 
@@ -114,7 +119,7 @@ def prepare_weights(model: nn.Module, gates: str, seed: int, calibrate: int,
                    for _ in range(calibrate)]
 
         def run(b):
-            return model.sem_seg_head.layers(model.backbone(b))
+            return model.sem_seg_head.stride4_logits(model.backbone(b))
 
         calibrate_batch_norm(model, run, batches)
     return info
@@ -130,8 +135,7 @@ def all_open_real_gflops(model: nn.Module, size: Tuple[int, int]) -> float:
             own = table[(spec.layer, spec.scale)]
             cells += own.ops + own.gate
             cells += sum(table[(i.layer, i.scale)].paths[i.path] for i in spec.inputs)
-    features = {name: torch.empty(0) for name in model.sem_seg_head.in_features}
-    head = model.sem_seg_head.flops(features, tuple(size))
+    head = model.sem_seg_head.flops(tuple(size))
     return (cells + stem + head) * GIGA_PER_MEGA
 
 
@@ -191,7 +195,7 @@ def _stats(seconds: Sequence[float]) -> dict:
 @dataclass
 class _InferenceMode:
     name: str
-    options: Optional[FastOptions]
+    options: Optional[InferenceOptions]
     run: Callable[[], tuple]
     build_s: float
 
@@ -225,7 +229,7 @@ def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int,
         if options is None:
             run = _faithful_inference(model, images)
         else:
-            run = functools.partial(FastSegmentationModel(model, options), images)
+            run = functools.partial(InferenceCopy(model, options), images)
         built.append(_InferenceMode(name, options, run, time.perf_counter() - start))
 
     reference = _faithful_inference(model, images)()[0]
@@ -244,7 +248,7 @@ def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int,
     base = statistics.median(times["faithful"]) if "faithful" in times else None
     for mode in built:
         logits, features, routing = outputs[mode.name]
-        real = model.image_flops(features, routing, images)[0]
+        real = model.image_flops(routing, images)[0]
         real_gflops = float(real.mean()) * GIGA_PER_MEGA
         record = {
             "task": "inference",
@@ -307,13 +311,13 @@ def benchmark_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, 
     data = _training_batch(size, batch, classes, device, seed)
     steps, memory = {}, {}
     for name in modes:
-        options = TRAINING_MODES[name]
+        options, bf16 = TRAINING_MODES[name]
         replica = prepare_for_training(copy.deepcopy(model).train(), options)
         replica.step_rate = 0.5
         optimizer = torch.optim.SGD(replica.parameters(), lr=1e-6, momentum=0.9)
 
-        def step(replica=replica, optimizer=optimizer, options=options):
-            with training_autocast(options, device):
+        def step(replica=replica, optimizer=optimizer, bf16=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 losses = replica(data)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -340,7 +344,8 @@ def benchmark_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, 
             **_stats(times[name]),
             "images_per_s": batch / med,
             **memory[name],
-            "options": TRAINING_MODES[name].__dict__,
+            "options": {**TRAINING_MODES[name][0].__dict__,
+                        "bf16_autocast": TRAINING_MODES[name][1]},
         }
         if base is not None:
             record["speedup_vs_faithful"] = base / med

@@ -1,0 +1,291 @@
+"""Transforms of the same modules for speed: inference copies and training switches.
+
+Inference (:class:`InferenceCopy`, used by ``DynamicSemanticSegmentor`` in eval mode when
+``MODEL.FAST.ENABLED``): a deep copy of the model's own backbone and decoder with batch
+norms folded into the convolutions (``torch.nn.utils.fusion.fuse_conv_bn_weights``),
+channels_last, optional bfloat16 (the gates' last layer and the logits stay float32) and
+optional torch.compile of the static modules, run by the :class:`~.plans.FastPlan`.
+
+Training (:func:`prepare_for_training`, ``MODEL.FAST.TRAIN_*``): channels_last weights and
+torch.compile of the static modules, in place; state-dict keys do not change. Mixed
+precision training is detectron2's ``AMPTrainer`` (``SOLVER.AMP.*``); the gates' last layer
+and the losses run in float32 under autocast.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from .backbone import RoutingRecord
+from .gate import SoftGate
+from .plans import FastPlan
+
+__all__ = [
+    "COMPILE_MODES",
+    "FastInference",
+    "InferenceCopy",
+    "InferenceOptions",
+    "TrainingOptions",
+    "compile_forward",
+    "fold_batch_norms",
+    "fold_conv",
+    "prepare_for_training",
+]
+
+# torch.compile modes accepted by MODEL.FAST.COMPILE_MODE ("reduce-overhead" adds CUDA graphs)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+Features = Dict[str, Optional[torch.Tensor]]
+
+
+def _check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ValueError(
+            f"MODEL.FAST.COMPILE_MODE={mode!r} is not allowed: use one of {list(COMPILE_MODES)}."
+        )
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """``MODEL.FAST.*``: which transforms and which plan the inference copy uses.
+
+    fold_bn: fold eval-mode batch norms into the convolutions. channels_last: NHWC
+    convolutions. skip_closed_paths / per_image_routing: the :class:`FastPlan`'s switches
+    (both False: every path for every image). bf16: bfloat16 (gates' last layer and logits
+    float32). compile: torch.compile backend of the static modules ("" none, "inductor",
+    "eager" to check tracing only); compile_mode: one of :data:`COMPILE_MODES`.
+    """
+
+    fold_bn: bool = True
+    channels_last: bool = True
+    skip_closed_paths: bool = True
+    per_image_routing: bool = True
+    bf16: bool = False
+    compile: str = ""
+    compile_mode: str = "default"
+
+    def __post_init__(self):
+        _check_compile_mode(self.compile_mode)
+        self.plan()  # validates the plan's switches
+
+    @classmethod
+    def from_config(cls, cfg) -> InferenceOptions:
+        f = cfg.MODEL.FAST
+        return cls(f.FOLD_BN, f.CHANNELS_LAST, f.SKIP_CLOSED_PATHS, f.PER_IMAGE_ROUTING,
+                   f.BF16, f.COMPILE, f.COMPILE_MODE)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def plan(self) -> FastPlan:
+        return FastPlan(self.skip_closed_paths, self.per_image_routing, self.memory_format)
+
+    def describe(self) -> dict:
+        """The switches as a plain dict (for benchmark records)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def compile_forward(module: nn.Module, backend: str, mode: str = "default") -> nn.Module:
+    """Compile ``module.forward`` in place with ``backend`` ("" leaves it eager).
+
+    Between two gate decisions the network is static (stem, a cell's operations, gate
+    convolution, transitions, decoder); those modules are compiled one by one and the
+    routing between them stays in Python. The module keeps its class and state-dict keys.
+    """
+    if not backend:
+        return module
+    kwargs = {"backend": backend}
+    if backend == "inductor":
+        kwargs["mode"] = mode
+    module.forward = torch.compile(module.forward, **kwargs)
+    return module
+
+
+def _foldable(norm: Optional[nn.Module]) -> bool:
+    """True when ``norm`` is a per-channel affine map at inference (BN with running stats)."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return True
+    return isinstance(norm, _BatchNorm) and norm.running_mean is not None
+
+
+def fold_conv(conv: Conv2d) -> nn.Module:
+    """A plain convolution (plus in-place ReLU) equal to eval-mode detectron2 ``conv`` with
+    its norm folded in; ``conv`` itself when its norm cannot be folded (e.g. GroupNorm)."""
+    norm = conv.norm
+    if not _foldable(norm):
+        return conv
+    # fuse_conv_bn_weights fed float64 copies: folding in float32 moves logits of
+    # networks with large running variances by more than the 1e-4 parity tolerance
+    w, b = fuse_conv_bn_weights(
+        conv.weight.detach().double(),
+        None if conv.bias is None else conv.bias.detach().double(),
+        norm.running_mean.double(), norm.running_var.double(), norm.eps,
+        None if norm.weight is None else norm.weight.detach().double(),
+        None if norm.bias is None else norm.bias.detach().double(),
+    )
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(w)
+        plain.bias.copy_(b)
+    act = conv.activation
+    if act is None:
+        return plain
+    if act in (F.relu, F.relu_, torch.relu) or isinstance(act, nn.ReLU):
+        return nn.Sequential(plain, nn.ReLU(inplace=True))  # the fresh output, in place
+    raise ValueError(
+        f"Cannot fold a convolution with activation {act!r} (only ReLU is known); set "
+        "MODEL.FAST.FOLD_BN=False."
+    )
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Replace, in place, every detectron2 ``Conv2d`` of ``module`` whose norm is foldable by
+    a plain convolution with the norm folded in (eval-mode semantics). Other norms (e.g.
+    GroupNorm) stay. Returns ``module``."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, Conv2d) and _foldable(child.norm):
+            setattr(module, name, fold_conv(child))
+        else:
+            fold_batch_norms(child)
+    return module
+
+
+def _static_modules(backbone: nn.Module):
+    """The modules between two gate decisions: stem, operations, gate layers, transitions."""
+    static = [backbone.stem]
+    for cell in backbone.all_cells():
+        static += list(cell.ops)
+        static += [m for m in (cell.gate, cell.up, cell.down) if m is not None]
+    return static
+
+
+class InferenceCopy(nn.Module):
+    """A transformed copy of a segmentor's backbone and decoder, run by a :class:`FastPlan`.
+
+    ``forward(images)``: normalised, padded images (N, 3, H, W) -> ``(logits, features,
+    routing)`` with float32 logits (N, classes, H, W) at input resolution, as the
+    faithful ``sem_seg_head`` returns them. Built from the current weights; rebuild after
+    they change (:class:`FastInference` does).
+    """
+
+    def __init__(self, model: nn.Module, options: Optional[InferenceOptions] = None):
+        super().__init__()
+        self.options = options or InferenceOptions()
+        o = self.options
+        self.backbone = copy.deepcopy(model.backbone).eval()
+        self.head = copy.deepcopy(model.sem_seg_head).eval()
+        self.plan = o.plan()
+        self.dtype = torch.bfloat16 if o.bf16 else torch.float32
+        for part in (self.backbone, self.head):
+            for p in part.parameters():
+                p.requires_grad_(False)
+            if o.fold_bn:
+                fold_batch_norms(part)
+            part.to(dtype=self.dtype, memory_format=o.memory_format)
+        for m in self.backbone.modules():  # the gates' last layer stays float32
+            if isinstance(m, SoftGate):
+                m.proj.float()
+        self.eval()
+        for m in _static_modules(self.backbone):
+            compile_forward(m, o.compile, o.compile_mode)
+        if o.compile:
+            self.head.stride4_logits = torch.compile(
+                self.head.stride4_logits, backend=o.compile,
+                **({"mode": o.compile_mode} if o.compile == "inductor" else {}))
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(
+                "InferenceCopy is for inference only (norms are folded); train the model it "
+                "was built from and build a new copy."
+            )
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Features, RoutingRecord]:
+        x = images.to(self.dtype).contiguous(memory_format=self.options.memory_format)
+        features, routing = self.backbone.forward_with_routing(x, self.plan)
+        # float32 NCHW before the x4 upsampling: the 16x larger result costs far more
+        logits = self.head.stride4_logits(features).float().contiguous()
+        return self.head.upsample(logits), features, routing
+
+
+class FastInference:
+    """The eval-mode inference of a ``DynamicSemanticSegmentor`` on a cached copy.
+
+    Called as ``fast(model, images)``, it returns ``(logits, features, routing)`` from an
+    :class:`InferenceCopy` of ``model``'s current weights. The copy is rebuilt whenever a
+    parameter or buffer of ``model`` changes (optimizer steps, checkpoint loading, moving to
+    another device). A plain object, not a submodule: the copy never enters the state dict.
+    """
+
+    def __init__(self, options: Optional[InferenceOptions] = None):
+        self.options = options or InferenceOptions()
+        self._copy: Optional[InferenceCopy] = None
+        self._key: Optional[tuple] = None
+
+    @classmethod
+    def from_config(cls, cfg) -> Optional[FastInference]:
+        """``MODEL.FAST.*``; None when ``MODEL.FAST.ENABLED`` is False."""
+        return cls(InferenceOptions.from_config(cfg)) if cfg.MODEL.FAST.ENABLED else None
+
+    @staticmethod
+    def _weights_key(model: nn.Module) -> tuple:
+        tensors = list(model.parameters()) + list(model.buffers())
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+
+    def inference_copy(self, model: nn.Module) -> InferenceCopy:
+        """The copy of ``model``, rebuilt if its weights changed since the last call."""
+        key = self._weights_key(model)
+        if self._copy is None or key != self._key:
+            self._copy = InferenceCopy(model, self.options)
+            self._key = key
+        return self._copy
+
+    def __call__(self, model: nn.Module, images: torch.Tensor
+                 ) -> Tuple[torch.Tensor, Features, RoutingRecord]:
+        return self.inference_copy(model)(images)
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """``MODEL.FAST.TRAIN_CHANNELS_LAST`` / ``TRAIN_COMPILE`` (and ``COMPILE_MODE``)."""
+
+    channels_last: bool = False
+    compile: str = ""
+    compile_mode: str = "default"
+
+    def __post_init__(self):
+        _check_compile_mode(self.compile_mode)
+
+    @classmethod
+    def from_config(cls, cfg) -> TrainingOptions:
+        f = cfg.MODEL.FAST
+        return cls(f.TRAIN_CHANNELS_LAST, f.TRAIN_COMPILE, f.COMPILE_MODE)
+
+
+def prepare_for_training(model: nn.Module, cfg) -> nn.Module:
+    """Apply ``MODEL.FAST.TRAIN_CHANNELS_LAST`` / ``TRAIN_COMPILE`` to a segmentor in place.
+
+    ``cfg``: a config or :class:`TrainingOptions`. channels_last converts the weights
+    (convolutions then run NHWC); compile compiles the static modules' forwards (stem,
+    operations, gates, transitions, decoder) so that a changing ``step_rate`` or drop-path
+    draw never recompiles. State-dict keys stay the same. Returns ``model``.
+    """
+    options = cfg if isinstance(cfg, TrainingOptions) else TrainingOptions.from_config(cfg)
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if options.compile:
+        for module in _static_modules(model.backbone) + [model.sem_seg_head]:
+            compile_forward(module, options.compile, options.compile_mode)
+    return model
