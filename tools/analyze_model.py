@@ -52,6 +52,7 @@ from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.modeling.analysis import all_open_flops
 from dyn_seg.modeling.gate import SoftGate
+from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
 
 logger = logging.getLogger("dyn_seg.analyze_model")
 
@@ -198,7 +199,6 @@ def analyze(cfg: CfgNode, size: Tuple[int, int], weights: str = "", image_path: 
         images = model.preprocess_image(inputs).tensor
         fvcore = fvcore_flops(model, images)
     backbone = model.backbone
-    alphas = [a for key, a in output["routing"].items() if key[0] >= 0]
     return {
         "weights": weights or None,
         "input_size": list(size),
@@ -216,8 +216,7 @@ def analyze(cfg: CfgNode, size: Tuple[int, int], weights: str = "", image_path: 
                 "image": image_path or "random",
                 "real": output["flops"]["real"],
                 "expected": output["flops"]["expected"],
-                "active_path_rate": float(torch.cat(alphas).gt(1e-4).float().mean())
-                if alphas else 0.0,
+                "active_path_rate": open_rates(open_path_counts(output["routing"]))[0],
             },
         },
         "fvcore_gflops": fvcore,

@@ -6,11 +6,10 @@ from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from dyn_seg.modeling.flops import GATE_EPS
+from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
 
 __all__ = ["RoutingEvaluator"]
 
@@ -47,17 +46,14 @@ class RoutingEvaluator(DatasetEvaluator):
             if flops is not None:
                 self._real.append(float(flops["real"]))
                 self._expected.append(float(flops["expected"]))
-            routing = output.get("routing")
-            if routing:
-                alphas = [a.flatten() for (layer, _), a in routing.items() if layer >= 0]
-                if alphas:
-                    alpha = torch.cat(alphas)
-                    self._gates.append([int((alpha > GATE_EPS).sum()), alpha.numel()])
-                for (layer, _), a in routing.items():
-                    if layer >= 0:
-                        counts = self._layers.setdefault(int(layer), [0, 0])
-                        counts[0] += int((a > GATE_EPS).sum())
-                        counts[1] += a.numel()
+            counts = open_path_counts(output.get("routing") or {})
+            if counts:
+                self._gates.append([sum(o for o, _ in counts.values()),
+                                    sum(t for _, t in counts.values())])
+            for layer, (opened, total) in counts.items():
+                acc = self._layers.setdefault(layer, [0, 0])
+                acc[0] += opened
+                acc[1] += total
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
         real, expected, gates = self._real, self._expected, self._gates
@@ -87,8 +83,6 @@ class RoutingEvaluator(DatasetEvaluator):
         if gates:
             counts = np.asarray(gates, dtype=np.float64).sum(axis=0)
             res["gates_open_pct"] = float(100.0 * counts[0] / counts[1])
-        for layer in sorted(layers):
-            opened, total = layers[layer]
-            if total:
-                res[f"layer_{layer}_open_pct"] = 100.0 * opened / total
+        for layer, rate in open_rates({k: tuple(v) for k, v in layers.items()})[1].items():
+            res[f"layer_{layer}_open_pct"] = 100.0 * rate
         return OrderedDict({"routing": res}) if res else OrderedDict()

@@ -11,7 +11,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..modeling.flops import GATE_EPS
+from ..modeling.routing_stats import GATE_EPS, image_shut, path_open
 from ..modeling.routing_space import KEEP, CellSpec
 
 __all__ = ["RoutingStats", "collect_routing_stats", "RoutingSpace"]
@@ -88,10 +88,10 @@ class RoutingStats:
                     f"space gives it {spec.num_paths} paths {spec.paths}; build the space with "
                     "the same LAYER_NUM / CELL_NUM_LIST / MAX_STRIDE as the model."
                 )
-            self._active[key] += (a > GATE_EPS).double()
+            self._active[key] += path_open(a).double()
             self._alpha_sum[key] += a
-            if float(a.sum()) >= GATE_EPS:
-                open_paths[key] = a > GATE_EPS
+            if not image_shut(float(a.sum())):
+                open_paths[key] = path_open(a)
                 continue
             self._dropped[key] += 1
             # A closed path still sends zeros; only a cell that received an active path (or
