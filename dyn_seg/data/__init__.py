@@ -6,10 +6,18 @@ Importing this package registers ``voc_2012_sem_seg_{train,val,train_aug}`` (laz
 (``cityscapes_fine_sem_seg_{train,val}``).
 """
 from .check import check_sem_seg_dataset, is_error
-from .synthetic import generate_synthetic_cityscapes
 from .voc import convert_voc_labels, register_all_voc, register_pascal_voc_sem_seg
 
 register_all_voc()
+
+
+def __getattr__(name):
+    # the synthetic scene painter loads on first use, not with ``import dyn_seg``
+    if name == "generate_synthetic_cityscapes":
+        from .synthetic import generate_synthetic_cityscapes
+
+        return generate_synthetic_cityscapes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "check_sem_seg_dataset",
