@@ -131,12 +131,12 @@ def fold_conv(conv: Conv2d) -> nn.Module:
         None if norm.weight is None else norm.weight.detach().double(),
         None if norm.bias is None else norm.bias.detach().double(),
     )
+    # built on the meta device (no random init), then given the folded weights
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        plain.weight.copy_(w)
-        plain.bias.copy_(b)
+                      conv.padding, conv.dilation, conv.groups, bias=True, device="meta")
+    dtype = conv.weight.dtype
+    plain.weight = nn.Parameter(w.detach().to(dtype), requires_grad=False)
+    plain.bias = nn.Parameter(b.detach().to(dtype), requires_grad=False)
     act = conv.activation
     if act is None:
         return plain
