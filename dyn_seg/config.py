@@ -76,8 +76,9 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
 
     _C.MODEL.META_ARCHITECTURE = "DynamicSemanticSegmentor"
 
-    # Fast paths (dyn_seg.fast). Inference: an eval-only copy of the model with the same
-    # weights that computes only what the gates open; same outputs within float rounding.
+    # Fast execution (dyn_seg.modeling.plans / transforms). Inference: the fast plan on a
+    # transformed copy of the same modules, computing only what the gates open; same
+    # outputs within float rounding.
     _C.MODEL.FAST = CN()
     # Use the fast inference path in eval mode: same weights, float32, logits within 1e-4
     # of the faithful eager path, about 2x faster on CPU (BENCHMARKS.md). False: the
@@ -101,8 +102,8 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # torch.compile mode for inductor: "default", "reduce-overhead" (CUDA graphs),
     # "max-autotune", "max-autotune-no-cudagraphs".
     _C.MODEL.FAST.COMPILE_MODE = "default"
-    # Training steps (dyn_seg.fast.prepare_for_training / training_autocast): NHWC weights,
-    # bfloat16 autocast, torch.compile backend of the static modules ("" off).
+    # Training steps (dyn_seg.modeling.transforms.prepare_for_training): NHWC weights,
+    # torch.compile backend of the static modules ("" off).
     _C.MODEL.FAST.TRAIN_CHANNELS_LAST = False
     _C.MODEL.FAST.TRAIN_BF16 = False
     _C.MODEL.FAST.TRAIN_COMPILE = ""
