@@ -18,7 +18,7 @@ from dyn_seg.benchmark import (
     random_gate_pattern,
 )
 from dyn_seg.modeling.cell import GATE_EPS
-from dyn_seg.modeling.plans import FastPlan, plan_cell
+from dyn_seg.modeling.plans import plan_cell
 from dyn_seg.modeling.transforms import (
     FastInference,
     InferenceCopy,

@@ -36,7 +36,6 @@ import torch
 from detectron2.modeling import build_model
 
 from dyn_seg import get_dyn_seg_cfg
-from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.benchmark import (
     INFERENCE_MODES,
     TRAINING_MODES,
@@ -46,6 +45,7 @@ from dyn_seg.benchmark import (
     parse_gates,
     prepare_weights,
 )
+from dyn_seg.checkpoint import DynSegCheckpointer
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

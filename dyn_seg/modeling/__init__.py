@@ -4,8 +4,8 @@ from .budget import BudgetConstraint, budget_loss
 from .cell import GATE_EPS, RoutingCell
 from .gate import SoftGate
 from .meta_arch import DynamicSemanticSegmentor
-from .plans import FaithfulPlan, FastPlan
 from .ops import CELL_OPERATIONS, known_operations
+from .plans import FaithfulPlan, FastPlan
 from .routing_space import build_routing_space
 from .sem_seg_head import DynamicSemSegHead
 from .transforms import FastInference, InferenceCopy, InferenceOptions, prepare_for_training

@@ -12,9 +12,9 @@ from torch import nn
 
 from .cell import RoutingCell
 from .flops import CellFlops, CellRouting, cell_flops, routing_flops, stem_flops
-from .plans import FaithfulPlan
 from .layers import ConvSpec, build_convs, depthwise, kaiming_init, pointwise
 from .ops import operation_specs, validate_cell_type
+from .plans import FaithfulPlan
 from .routing_space import (
     CellSpec,
     RoutingSpaceError,

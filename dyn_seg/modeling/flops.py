@@ -18,7 +18,7 @@ FLOPs of a forward pass combine the static table with the gates' activations
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 

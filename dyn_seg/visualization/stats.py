@@ -11,8 +11,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..modeling.routing_stats import GATE_EPS, image_shut, path_open
 from ..modeling.routing_space import KEEP, CellSpec
+from ..modeling.routing_stats import GATE_EPS, image_shut, path_open
 
 __all__ = ["RoutingStats", "collect_routing_stats", "RoutingSpace"]
 
