@@ -492,6 +492,13 @@ def test_trainer_trains_in_bf16_on_cpu_through_amp_and_applies_channels_last(
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_float16_amp_on_cpu_is_refused_naming_bfloat16():
+    model = _two_layer_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="float16.*CUDA.*PRECISION bfloat16"):
+        AutocastTrainer(model, [], optimizer, precision=torch.float16)
+
+
 def test_training_logs_gate_rates_even_without_flops_counting():
     from detectron2.utils.events import EventStorage
 

@@ -15,6 +15,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from torch import nn
 
 from dyn_seg.checkpoint import DynSegCheckpointer
+from dyn_seg.config import validate_config
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.evaluation import build_sem_seg_evaluator
 from dyn_seg.fast import TrainingOptions, prepare_for_training
@@ -34,12 +35,8 @@ logger = logging.getLogger(__name__)
 
 def amp_dtype(cfg: CfgNode) -> torch.dtype:
     """The torch dtype of ``SOLVER.AMP.PRECISION`` ("bfloat16" or "float16")."""
-    name = cfg.SOLVER.AMP.PRECISION
-    if name not in ("bfloat16", "float16"):
-        raise ValueError(
-            f"SOLVER.AMP.PRECISION={name!r} is not allowed: use 'bfloat16' or 'float16'."
-        )
-    return getattr(torch, name)
+    validate_config(cfg)
+    return getattr(torch, cfg.SOLVER.AMP.PRECISION)
 
 
 @contextlib.contextmanager
