@@ -15,14 +15,14 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from dyn_seg.engine import (
+    AutocastTrainer,
     RandomCropWithPad,
     SemanticSegmentorWithTTA,
     StepRateHook,
-    AutocastTrainer,
     Trainer,
     build_lr_scheduler,
-    build_train_augmentations,
     build_optimizer,
+    build_train_augmentations,
     is_gate_parameter,
 )
 from dyn_seg.evaluation import RoutingEvaluator, load_sem_seg_label, summarize_results
