@@ -11,6 +11,7 @@ The training logic lives in :mod:`dyn_seg.engine`.
 """
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -32,7 +33,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
+        model = build_model(cfg)
         DynSegCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR, allow_unsafe_pickle=args.allow_unsafe_pickle
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

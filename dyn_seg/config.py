@@ -2,20 +2,39 @@
 
 Key names follow the reference implementation where it had them, so that its users
 recognise them; everything detectron2 already has (solver, datasets, test) keeps
-detectron2's keys.
+detectron2's keys. As in detectron2's own projects, :func:`add_dynamic_routing_config` only
+*adds* keys: the values of detectron2's keys that select our model (meta-architecture,
+backbone and head names, the head's features) live in ``configs/Base-DynamicRouting.yaml``,
+which every shipped config chains to and :func:`get_dyn_seg_cfg` merges first.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
+
+#: Config file (under ``configs/``) with detectron2's keys set to build a Dynamic Routing model.
+BASE_CONFIG = "Base-DynamicRouting.yaml"
+
+#: Precisions accepted by ``SOLVER.AMP.PRECISION``.
+AMP_PRECISIONS = ("bfloat16", "float16")
+
+#: Keys that were removed, with what to use instead (a config that sets one gets this text).
+REMOVED_KEYS = {
+    "MODEL.FAST.TRAIN_BF16": "SOLVER.AMP.ENABLED True (with SOLVER.AMP.PRECISION bfloat16): "
+    "training in bfloat16 runs through detectron2's AMPTrainer",
+}
 
 
 def add_dynamic_routing_config(cfg: CN) -> CN:
     """Add every dyn_seg key with its default to ``cfg`` (in place) and return it."""
     _C = cfg
+    # SOLVER.POLY_LR_POWER / POLY_LR_CONSTANT_ENDING of detectron2's DeepLab project, whose
+    # WarmupPolyLR schedule (SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR") the trainer uses.
+    add_deeplab_config(_C)
 
-    _C.MODEL.BACKBONE.NAME = "build_dynamic_routing_backbone"
     # Operations summed inside every cell (see dyn_seg.modeling.ops for the known names).
     _C.MODEL.BACKBONE.CELL_TYPE = ["sep_conv_3x3", "skip_connect"]
     # Number of routed layers L (16 or 33 in the paper).
@@ -67,15 +86,6 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # gives the right numbers for training crops and full test frames alike.
     _C.INPUT.FIX_SIZE_FOR_FLOPS = []
 
-    _C.MODEL.SEM_SEG_HEAD.NAME = "DynamicSemSegHead"
-    _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["layer_0", "layer_1", "layer_2", "layer_3"]
-    _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
-    _C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
-    _C.MODEL.SEM_SEG_HEAD.NORM = "BN"
-    _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
-
-    _C.MODEL.META_ARCHITECTURE = "DynamicSemanticSegmentor"
-
     # Fast execution (dyn_seg.modeling.plans / transforms). Inference: the fast plan on a
     # transformed copy of the same modules, computing only what the gates open; same
     # outputs within float rounding.
@@ -103,18 +113,18 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # "max-autotune", "max-autotune-no-cudagraphs".
     _C.MODEL.FAST.COMPILE_MODE = "default"
     # Training steps (dyn_seg.modeling.transforms.prepare_for_training): NHWC weights,
-    # torch.compile backend of the static modules ("" off).
+    # torch.compile backend of the static modules ("" off). Mixed precision in training is
+    # detectron2's SOLVER.AMP.ENABLED (+ SOLVER.AMP.PRECISION).
     _C.MODEL.FAST.TRAIN_CHANNELS_LAST = False
-    _C.MODEL.FAST.TRAIN_BF16 = False
     _C.MODEL.FAST.TRAIN_COMPILE = ""
 
     # Training (dyn_seg.engine). LR multiplier of every parameter whose name contains
     # "gate" (2.5 in the paper's Cityscapes recipe).
     _C.SOLVER.GATE_LR_MULTI = 1.0
-    # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR": lr = BASE_LR * warmup * (1 - iter/MAX_ITER)**POWER.
-    _C.SOLVER.POLY_LR_POWER = 0.9
-    # After warm-up the poly factor never drops below this (0: decay to 0 at MAX_ITER).
-    _C.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # Computation dtype of SOLVER.AMP.ENABLED training: "bfloat16" (no loss scaling needed;
+    # also on CPU) or "float16" (CUDA only, with detectron2's gradient scaler). detectron2's
+    # yacs config has no key for AMPTrainer's precision argument.
+    _C.SOLVER.AMP.PRECISION = "bfloat16"
     # SOLVER.CLIP_GRADIENTS.CLIP_TYPE may also be "full_model": clip the global norm over all
     # parameters together (the paper's clipping at 5.0), besides detectron2's per-parameter
     # "value" / "norm".
@@ -124,13 +134,59 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     return cfg
 
 
+def base_config_file() -> str:
+    """Path of ``configs/Base-DynamicRouting.yaml`` (source checkout or installed package)."""
+    here = Path(__file__).resolve().parent
+    for root in (here.parent / "configs", here / "configs"):
+        if (root / BASE_CONFIG).is_file():
+            return str(root / BASE_CONFIG)
+    raise FileNotFoundError(
+        f"dyn_seg's configs/{BASE_CONFIG} was not found next to the package; install dyn_seg "
+        "from a source checkout (pip install -e .)."
+    )
+
+
+def _removed_key_errors(config_file: str, opts: Sequence[str]) -> None:
+    """Raise a KeyError naming the replacement when the file or ``opts`` set a removed key."""
+    keys = set(opts[0::2])
+    if config_file:
+        loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+        stack = [("", loaded)]
+        while stack:
+            prefix, node = stack.pop()
+            for k, v in node.items():
+                keys.add(prefix + k)
+                if isinstance(v, dict):
+                    stack.append((prefix + k + ".", v))
+    for key in sorted(keys & set(REMOVED_KEYS)):
+        where = config_file or "the command line"
+        raise KeyError(f"{key} (set in {where}) was removed: use {REMOVED_KEYS[key]}.")
+
+
+def validate_config(cfg: CN) -> None:
+    """Reject values of dyn_seg's training keys that no code path accepts."""
+    if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
+        raise ValueError(
+            f"SOLVER.AMP.PRECISION={cfg.SOLVER.AMP.PRECISION!r} is not allowed: use one of "
+            f"{AMP_PRECISIONS}."
+        )
+
+
 def get_dyn_seg_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
-    """detectron2's default config with the dyn_seg keys, ``config_file`` (if given) and the
-    ``KEY VALUE`` overrides ``opts`` merged in, in that order (not frozen)."""
+    """detectron2's default config with the dyn_seg keys, then ``configs/Base-DynamicRouting.yaml``
+    (detectron2's keys set to build a Dynamic Routing model), ``config_file`` (if given) and
+    the ``KEY VALUE`` overrides ``opts`` merged in, in that order (not frozen).
+
+    A file or override that sets a removed key gets a KeyError naming its replacement.
+    """
     from detectron2.config import get_cfg
 
+    opts = list(opts)
+    _removed_key_errors(config_file, opts)
     cfg = add_dynamic_routing_config(get_cfg())
+    cfg.merge_from_file(base_config_file())
     if config_file:
         cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg.merge_from_list(opts)
+    validate_config(cfg)
     return cfg

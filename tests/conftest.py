@@ -24,12 +24,9 @@ def reference_fixture():
 
 def tiny_cfg(**overrides):
     """A detectron2 config of a small Dynamic Routing network for CPU tests."""
-    from detectron2.config import get_cfg
+    from dyn_seg import get_dyn_seg_cfg
 
-    from dyn_seg import add_dynamic_routing_config
-
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
+    cfg = get_dyn_seg_cfg()  # dyn_seg's keys + configs/Base-DynamicRouting.yaml
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.LAYER_NUM = 4
     cfg.MODEL.BACKBONE.INIT_CHANNEL = 8

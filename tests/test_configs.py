@@ -96,3 +96,92 @@ def test_trained_weights_are_verified_by_sha256(tmp_path, monkeypatch):
     loaded = model_zoo.get("Synthetic/Dynamic-Tiny.yaml", trained=True, device="cpu")
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- recipe
+CITYSCAPES = ("A", "B", "C", "Raw", "Raw-SDP0.3-560k", "Raw-ImageNet")
+SHORT_EDGES = (512, 768, 1024, 1280, 1536, 2048)
+
+
+def _variant(name):
+    path = "Cityscapes/Dynamic-L33-Raw-ImageNet.yaml" if name == "L33" else \
+        f"Cityscapes/Dynamic-L16-{name}.yaml"
+    return model_zoo.get_config(path)
+
+
+@pytest.mark.parametrize("name", CITYSCAPES + ("L33",))
+def test_cityscapes_variants_hold_the_reference_recipe(name):
+    cfg = _variant(name)
+    # precise BN: on for Raw, the drop-path and the ImageNet variants, off for A/B/C
+    assert cfg.TEST.PRECISE_BN.ENABLED == (name not in ("A", "B", "C"))
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR"
+    assert cfg.SOLVER.WARMUP_FACTOR == 0.001 and cfg.SOLVER.WARMUP_ITERS == 1000
+    assert (cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING) == (0.9, 0.0)
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == SHORT_EDGES
+    assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and cfg.INPUT.MAX_SIZE_TRAIN == 4096
+    assert tuple(cfg.INPUT.CROP.SIZE) == (768, 768) and cfg.INPUT.CROP.TYPE == "absolute"
+    assert cfg.SOLVER.MAX_ITER == (560000 if name == "Raw-SDP0.3-560k" else 190000)
+    assert cfg.MODEL.BACKBONE.DROP_PROB == (0.3 if name == "Raw-SDP0.3-560k" else 0.0)
+    assert cfg.SOLVER.BASE_LR == (0.02 if "ImageNet" in name or name == "L33" else 0.05)
+    # TTA (off by default) at the training short edges, with flips
+    assert not cfg.TEST.AUG.ENABLED
+    assert tuple(cfg.TEST.AUG.MIN_SIZES) == SHORT_EDGES and cfg.TEST.AUG.FLIP
+
+
+def test_every_config_tests_with_tta_at_its_training_short_edges():
+    for name in CONFIGS:
+        cfg = model_zoo.get_config(name)
+        if cfg.INPUT.CROP.ENABLED and name != "Base-DynamicRouting.yaml":
+            assert tuple(cfg.TEST.AUG.MIN_SIZES) == tuple(cfg.INPUT.MIN_SIZE_TRAIN), name
+
+
+# ----------------------------------------------------------------------------- config keys
+def _flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_add_dynamic_routing_config_only_adds_keys():
+    from detectron2.config import get_cfg
+
+    from dyn_seg import add_dynamic_routing_config
+
+    before = _flat(get_cfg())
+    after = _flat(add_dynamic_routing_config(get_cfg()))
+    changed = {k for k in before if after[k] != before[k]}
+    assert not changed
+    assert {"MODEL.BACKBONE.LAYER_NUM", "SOLVER.POLY_LR_POWER", "SOLVER.AMP.PRECISION"} <= (
+        after.keys() - before.keys())
+
+
+def test_default_dyn_seg_config_builds_the_dynamic_routing_model():
+    from dyn_seg import get_dyn_seg_cfg
+    from dyn_seg.modeling import DynamicSemanticSegmentor
+
+    cfg = get_dyn_seg_cfg(opts=["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.LAYER_NUM", "3",
+                                "MODEL.BACKBONE.INIT_CHANNEL", "8"])
+    assert isinstance(build_model(cfg), DynamicSemanticSegmentor)
+
+
+def test_removed_training_bf16_key_names_its_replacement(tmp_path):
+    from dyn_seg import get_dyn_seg_cfg
+
+    old = tmp_path / "old.yaml"
+    old.write_text(f'_BASE_: "{model_zoo.get_config_file("Synthetic/Dynamic-Tiny.yaml")}"\n'
+                   "MODEL:\n  FAST:\n    TRAIN_BF16: True\n")
+    with pytest.raises(KeyError, match="TRAIN_BF16.*old.yaml.*SOLVER.AMP.ENABLED"):
+        get_dyn_seg_cfg(str(old))
+    with pytest.raises(KeyError, match="TRAIN_BF16.*command line.*SOLVER.AMP.ENABLED"):
+        get_dyn_seg_cfg(opts=["MODEL.FAST.TRAIN_BF16", "True"])
+
+
+def test_unknown_amp_precision_is_rejected():
+    from dyn_seg import get_dyn_seg_cfg
+
+    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION='half'.*bfloat16"):
+        get_dyn_seg_cfg(opts=["SOLVER.AMP.PRECISION", "half"])

@@ -15,13 +15,14 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from dyn_seg.engine import (
+    AutocastTrainer,
     RandomCropWithPad,
     SemanticSegmentorWithTTA,
     StepRateHook,
     Trainer,
-    WarmupPolyParamScheduler,
     build_lr_scheduler,
     build_optimizer,
+    build_train_augmentations,
     is_gate_parameter,
 )
 from dyn_seg.evaluation import RoutingEvaluator, load_sem_seg_label, summarize_results
@@ -169,19 +170,13 @@ def test_lr_warms_up_linearly_then_decays_as_poly_0_9():
     assert lrs[-1] < 0.02 * 0.1  # (1 - 99/100) ** 0.9 = 0.016
 
 
-def test_lr_schedule_matches_detectron2_deeplab_warmup_poly():
-    deeplab = pytest.importorskip("detectron2.projects.deeplab.lr_scheduler")
+def test_lr_schedule_is_detectron2_deeplab_warmup_poly():
+    from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
+
     cfg = _poly_cfg()
-    ours = _lr_curve(cfg, _two_layer_model())[:, 0]
-    optimizer = torch.optim.SGD(_two_layer_model().parameters(), lr=0.1)
-    reference = deeplab.WarmupPolyLR(optimizer, 100, warmup_factor=0.001, warmup_iters=10,
-                                     warmup_method="linear", power=0.9)
-    theirs = []
-    for _ in range(100):
-        theirs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        reference.step()
-    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+    scheduler = build_lr_scheduler(cfg, build_optimizer(cfg, _two_layer_model()))
+    assert isinstance(scheduler, WarmupPolyLR)
+    assert (scheduler.warmup_factor, scheduler.warmup_iters, scheduler.power) == (0.001, 10, 0.9)
 
 
 def test_gate_lr_stays_a_fixed_multiple_of_the_base_lr_through_the_schedule():
@@ -193,9 +188,11 @@ def test_gate_lr_stays_a_fixed_multiple_of_the_base_lr_through_the_schedule():
 
 
 def test_constant_ending_floors_the_poly_factor():
-    sched = WarmupPolyParamScheduler(power=0.9, warmup_length=0.1, constant_ending=0.05)
-    assert sched(0.999) == pytest.approx(0.05)
-    assert sched(0.5) == pytest.approx(0.5**0.9)
+    cfg = _poly_cfg(**{"SOLVER.MAX_ITER": 1000, "SOLVER.WARMUP_ITERS": 100,
+                       "SOLVER.POLY_LR_CONSTANT_ENDING": 0.05})
+    lrs = _lr_curve(cfg, _two_layer_model())[:, 0] / 0.1
+    assert lrs[999] == pytest.approx(0.05)
+    assert lrs[500] == pytest.approx(0.5**0.9)
 
 
 def test_other_scheduler_names_use_detectron2():
@@ -227,7 +224,7 @@ def test_step_rate_hook_sets_training_progress_before_each_step(wrapped):
 
 
 # ----------------------------------------------------------------------------- augmentation
-def test_absolute_crop_pads_small_images_with_zero_and_labels_with_ignore():
+def test_absolute_crop_pads_small_images_centred_with_zero_and_labels_with_ignore():
     image = np.full((40, 50, 3), 7, dtype=np.uint8)
     label = np.ones((40, 50), dtype=np.uint8)
     aug = RandomCropWithPad("absolute", (64, 80), image_pad_value=0, seg_pad_value=255)
@@ -236,10 +233,58 @@ def test_absolute_crop_pads_small_images_with_zero_and_labels_with_ignore():
 
     assert aug_input.image.shape == (64, 80, 3)
     assert aug_input.sem_seg.shape == (64, 80)
-    np.testing.assert_array_equal(aug_input.image[:40, :50], 7)
-    assert (aug_input.image[40:] == 0).all() and (aug_input.image[:, 50:] == 0).all()
-    np.testing.assert_array_equal(aug_input.sem_seg[:40, :50], 1)
-    assert (aug_input.sem_seg[40:] == 255).all() and (aug_input.sem_seg[:, 50:] == 255).all()
+    # 24 rows and 30 columns missing: 12 above, 12 below, 15 left, 15 right
+    np.testing.assert_array_equal(aug_input.image[12:52, 15:65], 7)
+    np.testing.assert_array_equal(aug_input.sem_seg[12:52, 15:65], 1)
+    inside = np.zeros((64, 80), dtype=bool)
+    inside[12:52, 15:65] = True
+    assert (aug_input.image[~inside] == 0).all()
+    assert (aug_input.sem_seg[~inside] == 255).all()
+
+
+def test_odd_padding_puts_the_extra_pixel_after_the_image():
+    aug_input = T.AugInput(np.full((5, 8, 3), 9, dtype=np.uint8),
+                           sem_seg=np.zeros((5, 8), dtype=np.uint8))
+    T.AugmentationList([RandomCropWithPad("absolute", (8, 8))])(aug_input)
+    rows = np.flatnonzero(aug_input.image[:, 0, 0] == 9)
+    assert rows.tolist() == [1, 2, 3, 4, 5]  # 1 row above, 2 below
+
+
+def _asymmetric_scene(h, w):
+    """An image whose left column is bright (to see flips) and its label."""
+    image = np.full((h, w, 3), 50, dtype=np.uint8)
+    image[:, 0] = 200
+    label = np.zeros((h, w), dtype=np.uint8)
+    label[:, 0] = 3
+    return image, label
+
+
+def test_training_augmentations_resize_then_flip_then_crop_padded_centred():
+    cfg = tiny_cfg(**{"INPUT.MIN_SIZE_TRAIN": (20,), "INPUT.MAX_SIZE_TRAIN": 1000,
+                      "INPUT.CROP.ENABLED": True, "INPUT.CROP.TYPE": "absolute",
+                      "INPUT.CROP.SIZE": (32, 48), "INPUT.RANDOM_FLIP": "horizontal"})
+    augs = build_train_augmentations(cfg)
+    assert [type(a) for a in augs] == [T.ResizeShortestEdge, T.RandomFlip, RandomCropWithPad]
+
+    # 10x15 resized to 20x30 (smaller than the 32x48 crop in both sides): padded 6 rows
+    # above and below, 9 columns left and right, whether or not it was flipped first.
+    seen_flipped = seen_plain = False
+    for seed in range(12):
+        np.random.seed(seed)
+        image, label = _asymmetric_scene(10, 15)
+        aug_input = T.AugInput(image, sem_seg=label)
+        T.AugmentationList(augs)(aug_input)
+        out, seg = aug_input.image, aug_input.sem_seg
+        assert out.shape == (32, 48, 3) and seg.shape == (32, 48)
+        assert (seg[:6] == 255).all() and (seg[26:] == 255).all()
+        assert (seg[:, :9] == 255).all() and (seg[:, 39:] == 255).all()
+        assert (seg[6:26, 9:39] != 255).all() and (out[6:26, 9:39] > 0).all()
+        assert (out[:6] == 0).all() and (out[:, 39:] == 0).all()
+        flipped = bool((seg[6:26, 37:39] == 3).all())
+        assert flipped != bool((seg[6:26, 9:11] == 3).all())
+        seen_flipped |= flipped
+        seen_plain |= not flipped
+    assert seen_flipped and seen_plain
 
 
 def test_absolute_crop_of_a_large_image_is_a_plain_crop():
@@ -274,11 +319,39 @@ def test_tta_flips_views_back_and_sums_their_flops():
 
     (out,) = tta([{"image": image, "height": 32, "width": 48}])
 
-    probs = out["sem_seg"]
-    assert probs.shape == (2, 32, 48)
-    torch.testing.assert_close(probs.sum(0), torch.ones(32, 48))
-    assert (probs[1, :, :24] > 0.99).all() and (probs[0, :, 24:] > 0.99).all()
+    logits = out["sem_seg"]
+    assert logits.shape == (2, 32, 48)
+    # the views' logits are averaged: every view agrees, so the mean is each view's logits
+    assert (logits[1, :, :24] == 20.0).all() and (logits[0, :, 24:] == 20.0).all()
+    assert (logits[0, :, :24] == 0.0).all() and (logits[1, :, 24:] == 0.0).all()
     assert out["flops"] == {"real": 4.0, "expected": 2.0}  # 2 scales x (plain + flipped)
+
+
+class _ViewDependentModel(nn.Module):
+    """Logits (6, 0, 5.5) on plain views, (0, 2, -6) on flipped ones (told apart by the
+    bright left column, which a flip moves to the right)."""
+
+    def forward(self, inputs):
+        outputs = []
+        for x in inputs:
+            plain = bool(x["image"][0, :, 0].float().mean() > 127)
+            values = (6.0, 0.0, 5.5) if plain else (0.0, 2.0, -6.0)
+            logits = torch.tensor(values).view(3, 1, 1).expand(3, x["height"], x["width"])
+            outputs.append({"sem_seg": logits.clone()})
+        return outputs
+
+
+def test_tta_averages_logits_not_probabilities():
+    image = torch.zeros(3, 16, 16)
+    image[:, :, 0] = 255
+    cfg = tiny_cfg(**{"TEST.AUG.MIN_SIZES": (16,), "TEST.AUG.MAX_SIZE": 100,
+                      "TEST.AUG.FLIP": True})
+    (out,) = SemanticSegmentorWithTTA(cfg, _ViewDependentModel())(
+        [{"image": image, "height": 16, "width": 16}])
+    # mean logits (3, 1, -0.25): class 0; mean probabilities (0.37, 0.44, 0.19) would say 1
+    expected = torch.tensor([3.0, 1.0, -0.25]).view(3, 1, 1).expand(3, 16, 16)
+    torch.testing.assert_close(out["sem_seg"], expected)
+    assert "flops" not in out
 
 
 def test_tta_wraps_the_real_model():
@@ -394,9 +467,11 @@ def test_budget_loss_starts_at_unupdate_rate_and_warms_up_over_two_percent(
         assert weights[it] == pytest.approx(1.0, rel=1e-3)
 
 
-def test_trainer_applies_the_fast_training_switches(tiny_train_set, tmp_path):
+def test_trainer_trains_in_bf16_on_cpu_through_amp_and_applies_channels_last(
+        tiny_train_set, tmp_path):
     cfg = tiny_cfg(**{
-        "MODEL.FAST.TRAIN_BF16": True, "MODEL.FAST.TRAIN_CHANNELS_LAST": True,
+        "SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "bfloat16",
+        "MODEL.FAST.TRAIN_CHANNELS_LAST": True,
         "DATASETS.TRAIN": (tiny_train_set,), "DATASETS.TEST": (),
         "INPUT.MIN_SIZE_TRAIN": (32,), "INPUT.MAX_SIZE_TRAIN": 1000,
         "INPUT.CROP.SIZE": [32, 32],
@@ -406,12 +481,22 @@ def test_trainer_applies_the_fast_training_switches(tiny_train_set, tmp_path):
     })
     trainer = Trainer(cfg)
     model = trainer.model
-    assert model.train_bf16
-    stem = model.backbone.stem.stem_1.weight
-    assert stem.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(trainer._trainer, AutocastTrainer)
+    stem = model.backbone.stem.stem_1
+    assert stem.weight.is_contiguous(memory_format=torch.channels_last)
+    dtypes = []
+    stem.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     trainer.train()
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # both training steps ran in bf16
     assert math.isfinite(trainer.storage.history("total_loss").latest())
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_float16_amp_on_cpu_is_refused_naming_bfloat16():
+    model = _two_layer_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="float16.*CUDA.*PRECISION bfloat16"):
+        AutocastTrainer(model, [], optimizer, precision=torch.float16)
 
 
 def test_training_logs_gate_rates_even_without_flops_counting():

@@ -15,6 +15,7 @@ from detectron2.utils.events import EventStorage
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.engine import Trainer
 from dyn_seg.engine.guards import (
+    NonFiniteLossError,
     NonFiniteTrainingError,
     explain_non_finite_loss,
     first_non_finite_tensor,
@@ -103,13 +104,11 @@ def test_non_finite_loss_error_names_iteration_and_checkpoint(tmp_path):
     trainer = types.SimpleNamespace(iter=12, checkpointer=checkpointer)
     with pytest.raises(NonFiniteTrainingError, match="No checkpoint had been written"):
         with explain_non_finite_loss(trainer):
-            raise FloatingPointError("Loss became infinite or NaN at iteration=12!\n"
-                                     "loss_dict = {'loss_sem_seg': nan}")
+            raise NonFiniteLossError({"loss_sem_seg": float("nan")})
     checkpointer.save("model_0000009", iteration=9)
     with pytest.raises(NonFiniteTrainingError) as err:
         with explain_non_finite_loss(trainer):
-            raise FloatingPointError("Loss became infinite or NaN at iteration=12!\n"
-                                     "loss_dict = {'loss_sem_seg': nan}")
+            raise NonFiniteLossError({"loss_sem_seg": float("nan")})
     message = str(err.value)
     assert "iteration 12" in message and "'loss_sem_seg': nan" in message
     assert str(tmp_path / "run dir" / "model_0000009.pth") in message

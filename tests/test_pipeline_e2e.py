@@ -105,16 +105,12 @@ def test_train_resume_evaluate_and_predict(dataset_root, tmp_path):
                                                                     rel=0.05)
 
     # DefaultPredictor with the trained weights on a raw image of odd size
-    from detectron2.config import get_cfg
     from detectron2.engine import DefaultPredictor
 
-    from dyn_seg import add_dynamic_routing_config
+    from dyn_seg import get_dyn_seg_cfg
 
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list([*QUICK, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                         "MODEL.DEVICE", "cpu"])
+    cfg = get_dyn_seg_cfg(str(CONFIG), [*QUICK, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                                        "MODEL.DEVICE", "cpu"])
     image = np.random.default_rng(0).integers(0, 256, (333, 517, 3), dtype=np.uint8)
     prediction = DefaultPredictor(cfg)(image)
     assert prediction["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 333, 517)

@@ -15,11 +15,10 @@ import pytest
 import torch
 from conftest import REPO
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from dyn_seg import add_dynamic_routing_config
+from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import convert_reference_state_dict
 from dyn_seg.modeling.analysis import all_open_flops
 from dyn_seg.modeling.backbone import DynamicNetwork
@@ -32,8 +31,7 @@ LOSS_RTOL = 1e-4
 
 def reference_cfg(official):
     """A config of the fixture's network, from the reference config values it recorded."""
-    cfg = get_cfg()
-    add_dynamic_routing_config(cfg)
+    cfg = get_dyn_seg_cfg()
     cfg.MODEL.DEVICE = "cpu"
     b = cfg.MODEL.BACKBONE
     for key in ("LAYER_NUM", "CELL_NUM_LIST", "INIT_CHANNEL", "CELL_TYPE", "MAX_STRIDE",

@@ -1,22 +1,27 @@
 """Training and evaluation: the Trainer, its hooks, optimizer, LR schedule, augmentations
 and test-time augmentation."""
 from .augmentation import RandomCropWithPad, build_train_augmentations
+from .bn_stats import PreciseBNWithoutDropPath, drop_path_off, recompute_bn_stats
 from .ddp import create_ddp_model
-from .guards import NonFiniteGuard, NonFiniteTrainingError
+from .guards import NonFiniteGuard, NonFiniteLossError, NonFiniteTrainingError
 from .hooks import StepRateHook, unwrap_model
 from .solver import (
     CLIP_TYPES,
-    WarmupPolyParamScheduler,
     build_lr_scheduler,
     build_optimizer,
     is_gate_parameter,
     scale_gate_lr,
     with_full_model_gradient_clipping,
 )
-from .trainer import Trainer
+from .trainer import AutocastTrainer, Trainer
 from .tta import SemanticSegmentorWithTTA
 
 __all__ = [
+    "AutocastTrainer",
+    "NonFiniteLossError",
+    "PreciseBNWithoutDropPath",
+    "drop_path_off",
+    "recompute_bn_stats",
     "CLIP_TYPES",
     "NonFiniteGuard",
     "NonFiniteTrainingError",
@@ -24,7 +29,6 @@ __all__ = [
     "SemanticSegmentorWithTTA",
     "StepRateHook",
     "Trainer",
-    "WarmupPolyParamScheduler",
     "build_lr_scheduler",
     "build_optimizer",
     "build_train_augmentations",

@@ -3,10 +3,12 @@ resume from.
 
 Two guards, one per way a run goes bad:
 
-* a non-finite **loss**: detectron2's ``SimpleTrainer`` raises ``FloatingPointError`` for
-  it before the optimizer step, but its message names neither a checkpoint nor a remedy.
-  :func:`explain_non_finite_loss` (the trainer's ``run_step`` runs inside it) re-raises it
-  as :class:`NonFiniteTrainingError` naming the iteration and the last good checkpoint.
+* a non-finite **loss**: the trainer's step (:class:`NonFiniteLossCheck`, before the
+  optimizer step, where detectron2's ``SimpleTrainer`` would raise a bare
+  ``FloatingPointError`` naming neither a checkpoint nor a remedy) raises
+  :class:`NonFiniteLossError` carrying the loss values; :func:`explain_non_finite_loss` (the
+  trainer's ``run_step`` runs inside it) re-raises it as :class:`NonFiniteTrainingError`
+  naming the iteration and the last good checkpoint.
 * non-finite **weights** after an optimizer step whose loss was still finite (e.g. an
   overflowing update): :class:`NonFiniteGuard`, a hook placed before the
   ``PeriodicCheckpointer``, checks the weights on the iterations where a checkpoint is
@@ -19,8 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Mapping, Optional
 
 import torch
 from detectron2.engine import HookBase, hooks
@@ -30,6 +31,8 @@ from .hooks import unwrap_model
 
 __all__ = [
     "NonFiniteGuard",
+    "NonFiniteLossCheck",
+    "NonFiniteLossError",
     "NonFiniteTrainingError",
     "explain_non_finite_loss",
     "first_non_finite_tensor",
@@ -40,6 +43,27 @@ __all__ = [
 class NonFiniteTrainingError(FloatingPointError):
     """Training stopped on a NaN or infinite loss or weight; the message names the iteration
     and the last good checkpoint."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step's loss is NaN or infinite; ``losses`` holds every loss term's value."""
+
+    def __init__(self, losses: Dict[str, float]):
+        super().__init__(f"the loss is NaN or infinite ({losses})")
+        self.losses = losses
+
+
+class NonFiniteLossCheck:
+    """Mixin for detectron2's ``SimpleTrainer`` / ``AMPTrainer``: before a step's metrics are
+    written (and before its optimizer step), raise :class:`NonFiniteLossError` with the loss
+    values when their sum is not finite."""
+
+    def _write_metrics(self, loss_dict: Mapping, data_time: float, prefix: str = "",
+                       iter: Optional[int] = None) -> None:
+        values = {k: v.detach() for k, v in loss_dict.items()}
+        if values and not bool(torch.isfinite(sum(v.float() for v in values.values())).all()):
+            raise NonFiniteLossError({k: float(v.float().mean()) for k, v in values.items()})
+        super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
 
 
 def last_checkpoint_file(checkpointer) -> Optional[str]:
@@ -62,22 +86,15 @@ def _stop_message(what: str, iteration: int, checkpoint: Optional[str]) -> str:
 
 @contextlib.contextmanager
 def explain_non_finite_loss(trainer) -> Iterator[None]:
-    """Run a training step; turn detectron2's ``FloatingPointError`` for a NaN/Inf loss into
-    :class:`NonFiniteTrainingError` naming ``trainer.iter`` and the last good checkpoint of
-    ``trainer.checkpointer``."""
+    """Run a training step; turn a :class:`NonFiniteLossError` into
+    :class:`NonFiniteTrainingError` naming the loss values, ``trainer.iter`` and the last
+    good checkpoint of ``trainer.checkpointer``."""
     try:
         yield
-    except NonFiniteTrainingError:
-        raise
-    except FloatingPointError as e:
-        # detectron2: "Loss became infinite or NaN at iteration=I!\nloss_dict = {...}"
-        text = str(e)
-        detail = text.split("loss_dict = ", 1)[1] if "loss_dict = " in text else text
-        detail = re.sub(r"np\.float\d+\(([^)]*)\)", r"\1", detail)  # numpy 2 scalar reprs
+    except NonFiniteLossError as e:
         checkpoint = last_checkpoint_file(getattr(trainer, "checkpointer", None))
         raise NonFiniteTrainingError(
-            _stop_message(f"the loss is NaN or infinite ({detail.strip()})", trainer.iter,
-                          checkpoint)
+            _stop_message(f"the loss is NaN or infinite ({e.losses})", trainer.iter, checkpoint)
         ) from e
 
 

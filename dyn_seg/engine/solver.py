@@ -4,9 +4,10 @@
   parameters whose name contains ``"gate"`` train at ``SOLVER.GATE_LR_MULTI`` times the LR.
 * Gradient clipping: detectron2's per-parameter ``"value"`` / ``"norm"`` clipping, plus
   ``"full_model"``: one global norm over all parameters (the paper clips it at 5.0).
-* ``SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"``: linear (or constant) warm-up times a poly
-  decay, ``lr = BASE_LR * warmup(iter) * (1 - iter / MAX_ITER) ** POLY_LR_POWER``; every other
-  name goes to detectron2's builder.
+* ``SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"``: detectron2 DeepLab's ``WarmupPolyLR``
+  (linear warm-up from ``WARMUP_FACTOR`` times a poly decay,
+  ``lr = BASE_LR * warmup(iter) * (1 - iter / MAX_ITER) ** POLY_LR_POWER``), as
+  Panoptic-DeepLab uses it; every other name goes to detectron2's builder.
 """
 from __future__ import annotations
 
@@ -15,14 +16,12 @@ from typing import Any, Dict, List, Type
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.solver import LRMultiplier, LRScheduler, get_default_optimizer_params
-from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
+from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
+from detectron2.solver import LRScheduler, get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
-from fvcore.common.param_scheduler import ParamScheduler
 
 __all__ = [
     "CLIP_TYPES",
-    "WarmupPolyParamScheduler",
     "build_lr_scheduler",
     "build_optimizer",
     "is_gate_parameter",
@@ -113,64 +112,25 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     )
 
 
-class WarmupPolyParamScheduler(ParamScheduler):
-    """LR multiplier ``warmup(t) * (1 - t) ** power`` at training progress ``t`` in [0, 1).
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """detectron2 DeepLab's ``build_lr_scheduler``: its ``WarmupPolyLR`` for
+    ``SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"`` (``SOLVER.POLY_LR_POWER``,
+    ``SOLVER.POLY_LR_CONSTANT_ENDING``, ``SOLVER.WARMUP_*``), detectron2's builder otherwise.
 
-    During the first ``warmup_length`` of training, ``warmup`` rises linearly from
-    ``warmup_factor`` to 1 (``"linear"``) or stays at ``warmup_factor`` (``"constant"``);
-    afterwards it is 1 and the multiplier never drops below ``constant_ending`` (when > 0).
-    This is DeepLab's ``WarmupPolyLR`` as an fvcore scheduler, so that detectron2's
-    ``LRMultiplier`` applies it and checkpoints it.
+    Values that the library would accept silently but that cannot give a schedule are
+    rejected with the key named.
     """
-
-    def __init__(
-        self,
-        *,
-        power: float = 0.9,
-        warmup_factor: float = 0.001,
-        warmup_length: float = 0.0,
-        warmup_method: str = "linear",
-        constant_ending: float = 0.0,
-    ):
-        if warmup_method not in ("linear", "constant"):
+    s = cfg.SOLVER
+    if s.LR_SCHEDULER_NAME == "WarmupPolyLR":
+        if s.MAX_ITER <= 0:
+            raise ValueError(f"SOLVER.MAX_ITER={s.MAX_ITER} is not allowed: it must be > 0.")
+        if s.WARMUP_METHOD not in ("linear", "constant"):
             raise ValueError(
-                f"SOLVER.WARMUP_METHOD={warmup_method!r} is not allowed with WarmupPolyLR: "
+                f"SOLVER.WARMUP_METHOD={s.WARMUP_METHOD!r} is not allowed with WarmupPolyLR: "
                 "use 'linear' or 'constant'."
             )
-        if power < 0:
-            raise ValueError(f"SOLVER.POLY_LR_POWER={power} is not allowed: it must be >= 0.")
-        if not 0.0 <= warmup_length <= 1.0:
-            raise ValueError(f"warmup_length={warmup_length} must be in [0, 1].")
-        self.power = power
-        self.warmup_factor = warmup_factor
-        self.warmup_length = warmup_length
-        self.warmup_method = warmup_method
-        self.constant_ending = constant_ending
-
-    def __call__(self, where: float) -> float:
-        poly = max(1.0 - where, 0.0) ** self.power
-        if where < self.warmup_length:
-            if self.warmup_method == "constant":
-                return self.warmup_factor * poly
-            alpha = where / self.warmup_length
-            return (self.warmup_factor * (1.0 - alpha) + alpha) * poly
-        if self.constant_ending > 0 and poly < self.constant_ending:
-            return self.constant_ending
-        return poly
-
-
-def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> LRScheduler:
-    """``WarmupPolyLR`` from ``SOLVER.*``, or detectron2's scheduler for other names."""
-    if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
-        return build_d2_lr_scheduler(cfg, optimizer)
-    max_iter = cfg.SOLVER.MAX_ITER
-    if max_iter <= 0:
-        raise ValueError(f"SOLVER.MAX_ITER={max_iter} is not allowed: it must be > 0.")
-    scheduler = WarmupPolyParamScheduler(
-        power=cfg.SOLVER.POLY_LR_POWER,
-        warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
-        warmup_length=min(cfg.SOLVER.WARMUP_ITERS / max_iter, 1.0),
-        warmup_method=cfg.SOLVER.WARMUP_METHOD,
-        constant_ending=cfg.SOLVER.POLY_LR_CONSTANT_ENDING,
-    )
-    return LRMultiplier(optimizer, multiplier=scheduler, max_iter=max_iter)
+        if s.POLY_LR_POWER < 0:
+            raise ValueError(
+                f"SOLVER.POLY_LR_POWER={s.POLY_LR_POWER} is not allowed: it must be >= 0."
+            )
+    return build_deeplab_lr_scheduler(cfg, optimizer)

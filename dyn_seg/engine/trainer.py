@@ -1,34 +1,114 @@
 """The training loop: detectron2's ``DefaultTrainer`` with the paper's recipe."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import weakref
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
+import detectron2.engine.defaults as d2_defaults
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from torch import nn
 
 from dyn_seg.checkpoint import DynSegCheckpointer
+from dyn_seg.config import validate_config
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.evaluation import build_sem_seg_evaluator
 from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
 
 from .augmentation import build_train_augmentations
+from .bn_stats import PreciseBNWithoutDropPath
 from .ddp import create_ddp_model
-from .guards import NonFiniteGuard, explain_non_finite_loss
+from .guards import NonFiniteGuard, NonFiniteLossCheck, explain_non_finite_loss
 from .hooks import StepRateHook, unwrap_model
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import SemanticSegmentorWithTTA
 
-__all__ = ["Trainer"]
+__all__ = ["AutocastTrainer", "Trainer", "amp_dtype"]
 
 logger = logging.getLogger(__name__)
+
+
+def amp_dtype(cfg: CfgNode) -> torch.dtype:
+    """The torch dtype of ``SOLVER.AMP.PRECISION`` ("bfloat16" or "float16")."""
+    validate_config(cfg)
+    return getattr(torch, cfg.SOLVER.AMP.PRECISION)
+
+
+@contextlib.contextmanager
+def _forward_under_autocast(model: nn.Module, device_type: str, dtype: torch.dtype
+                            ) -> Iterator[None]:
+    """Run every forward of ``model`` inside the body under ``torch.autocast`` (the backward
+    pass and the optimizer step stay outside it, as PyTorch recommends)."""
+    active = []
+
+    def enter(module, args):
+        ctx = torch.autocast(device_type, dtype=dtype)
+        ctx.__enter__()
+        active.append(ctx)
+
+    def leave(module, args, output):
+        active.pop().__exit__(None, None, None)
+
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        while active:  # a forward that raised
+            active.pop().__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _replaced(module, name: str, value) -> Iterator[None]:
+    """Set ``module.name`` to ``value`` inside the body, and back afterwards."""
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+class _SimpleTrainer(NonFiniteLossCheck, SimpleTrainer):
+    """detectron2's ``SimpleTrainer``; a NaN/Inf loss raises ``NonFiniteLossError``."""
+
+
+class AutocastTrainer(NonFiniteLossCheck, AMPTrainer):
+    """detectron2's ``AMPTrainer`` (``SOLVER.AMP.ENABLED``, dtype ``SOLVER.AMP.PRECISION``),
+    also for models on the CPU; a NaN/Inf loss raises ``NonFiniteLossError``.
+
+    On CUDA it is ``AMPTrainer`` itself (autocast plus detectron2's gradient scaler). On the
+    CPU, where ``AMPTrainer.run_step`` refuses to run (it asserts CUDA and uses
+    ``torch.cuda.amp.autocast``), ``SimpleTrainer``'s step runs with the model's forward
+    under ``torch.autocast("cpu")``; only bfloat16 is allowed there, as it needs no loss
+    scaling.
+    """
+
+    def __init__(self, model: nn.Module, data_loader, optimizer, *, precision: torch.dtype):
+        param = next(unwrap_model(model).parameters())
+        self.device_type = param.device.type
+        grad_scaler = None
+        if self.device_type != "cuda":
+            if precision != torch.bfloat16:
+                raise ValueError(
+                    f"SOLVER.AMP.PRECISION={str(precision).split('.')[-1]!r} needs a CUDA "
+                    "device; on the CPU use SOLVER.AMP.PRECISION bfloat16."
+                )
+            grad_scaler = torch.amp.GradScaler(self.device_type, enabled=False)
+        super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler,
+                         precision=precision)
+
+    def run_step(self) -> None:
+        if self.device_type == "cuda":
+            return super().run_step()
+        with _forward_under_autocast(self.model, self.device_type, self.precision):
+            SimpleTrainer.run_step(self)
 
 
 class Trainer(DefaultTrainer):
@@ -38,12 +118,17 @@ class Trainer(DefaultTrainer):
 
     * optimizer: gate parameters at ``SOLVER.GATE_LR_MULTI`` times the LR, ``"full_model"``
       gradient clipping (:func:`dyn_seg.engine.build_optimizer`);
-    * LR schedule ``"WarmupPolyLR"`` (:func:`dyn_seg.engine.build_lr_scheduler`);
-    * training data: resize, crop padded to ``INPUT.CROP.SIZE``, flip; train and test data
-      read by :class:`DynSegDatasetMapper` (errors name the bad image or label file);
+    * LR schedule ``"WarmupPolyLR"`` of detectron2's DeepLab project
+      (:func:`dyn_seg.engine.build_lr_scheduler`);
+    * training data: resize, flip, crop padded centred to ``INPUT.CROP.SIZE``; train and
+      test data read by :class:`DynSegDatasetMapper` (errors name the bad image or label file);
+    * mixed precision (``SOLVER.AMP.ENABLED``, ``SOLVER.AMP.PRECISION``) also on the CPU
+      (:class:`AutocastTrainer`);
     * evaluation: mIoU, the official Cityscapes evaluation on Cityscapes, GFLOPs and gate
       statistics; test-time augmentation after training when ``TEST.AUG.ENABLED``;
     * hooks: :class:`StepRateHook` sets the model's ``step_rate`` before every step;
+      precise BN gathers its statistics with drop path off
+      (:class:`~dyn_seg.engine.bn_stats.PreciseBNWithoutDropPath`);
       :class:`NonFiniteGuard` and ``run_step`` stop training on a NaN/Inf weight or loss,
       naming the iteration and the last good checkpoint;
     * checkpoints: :class:`DynSegCheckpointer` (atomic saves, safe loading, reference
@@ -52,44 +137,28 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode, *, allow_unsafe_pickle: bool = False):
-        """Build everything from ``cfg`` in ``DefaultTrainer``'s order.
+        """Build everything from ``cfg`` as ``DefaultTrainer`` does, then use dyn_seg's
+        step (:class:`AutocastTrainer` / NaN-checking ``SimpleTrainer``) and checkpointer.
 
         Args:
-            cfg: a config with the dyn_seg keys (``add_dynamic_routing_config``).
+            cfg: a config with the dyn_seg keys (``get_dyn_seg_cfg``).
             allow_unsafe_pickle: let ``MODEL.WEIGHTS`` be a pickled ``.pkl`` / ``.pyth``
                 file (unpickling runs code from the file: only for trusted files).
         """
-        # DefaultTrainer.__init__ hard-codes its DDP wrapper and checkpointer class; this
-        # is its body with those two replaced.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-
-        model = self.build_model(cfg)
-        # MODEL.FAST.TRAIN_*: channels_last, bf16 autocast, compiled static modules
-        prepare_for_training(model, TrainingOptions.from_config(cfg))
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-
-        model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DynSegCheckpointer(
-            model,
-            cfg.OUTPUT_DIR,
-            allow_unsafe_pickle=allow_unsafe_pickle,
-            trainer=weakref.proxy(self),
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self._allow_unsafe_pickle = allow_unsafe_pickle
+        # DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model,
+        # which passes device_ids=[local_rank] and so rejects CPU models; detectron2 offers
+        # no build_* method for the wrapper, so ours (device_ids=None on the CPU) stands in
+        # for it while DefaultTrainer builds.
+        with _replaced(d2_defaults, "create_ddp_model", create_ddp_model):
+            super().__init__(cfg)
 
     def build_hooks(self):
+        # The step and the checkpointer that DefaultTrainer.__init__ made are replaced here,
+        # before the hooks capture them: build_hooks is its last step.
+        self._use_dyn_seg_step_and_checkpointer()
         ret = super().build_hooks()
+        ret = [self._without_drop_path(h) if isinstance(h, hooks.PreciseBN) else h for h in ret]
         ret.insert(0, StepRateHook())
         # before the PeriodicCheckpointer: NaN/Inf weights must stop training, not be saved
         ret.insert(1, NonFiniteGuard())
@@ -101,6 +170,27 @@ class Trainer(DefaultTrainer):
             )
             ret.insert(at, hooks.EvalHook(0, self._test_with_tta_and_keep))
         return ret
+
+    def _use_dyn_seg_step_and_checkpointer(self) -> None:
+        """Replace DefaultTrainer's ``SimpleTrainer``/``AMPTrainer`` by ours (same model,
+        data loader and optimizer) and its ``DetectionCheckpointer`` by a
+        :class:`DynSegCheckpointer` with the same model, folder and checkpointables."""
+        step = self._trainer
+        if self.cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AutocastTrainer(step.model, step.data_loader, step.optimizer,
+                                            precision=amp_dtype(self.cfg))
+        else:
+            self._trainer = _SimpleTrainer(step.model, step.data_loader, step.optimizer)
+        old = self.checkpointer
+        self.checkpointer = DynSegCheckpointer(
+            old.model, old.save_dir, allow_unsafe_pickle=self._allow_unsafe_pickle,
+            **old.checkpointables,
+        )
+
+    def _without_drop_path(self, hook: hooks.PreciseBN) -> PreciseBNWithoutDropPath:
+        """The same precise-BN pass (period, model, loader, batches), with drop path off."""
+        return PreciseBNWithoutDropPath(hook._period, hook._model, hook._data_loader,
+                                        hook._num_iter)
 
     def run_step(self) -> None:
         # a NaN/Inf loss stops training with the iteration and the last good checkpoint named
@@ -117,6 +207,18 @@ class Trainer(DefaultTrainer):
         self._last_eval_results = {**(getattr(self, "_last_eval_results", None) or {}),
                                    **results}
         return results
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """detectron2's ``build_model`` with the training switches ``MODEL.FAST.TRAIN_*``
+        (channels_last weights, compiled static modules) applied."""
+        model = super().build_model(cfg)
+        f = cfg.MODEL.FAST
+        prepare_for_training(model, TrainingOptions(
+            channels_last=f.TRAIN_CHANNELS_LAST, compile=f.TRAIN_COMPILE,
+            compile_mode=f.COMPILE_MODE,
+        ))
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module):

@@ -1,4 +1,5 @@
-"""Multi-scale + flip test-time augmentation for semantic segmentation."""
+"""Multi-scale + flip test-time augmentation for semantic segmentation, as the reference:
+the views' logits are averaged (not their softmax probabilities)."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List
@@ -16,13 +17,15 @@ def _is_flipped(view: Dict) -> bool:
 
 
 class SemanticSegmentorWithTTA(nn.Module):
-    """Run a segmentor on every view of ``DatasetMapperTTA`` (``TEST.AUG.MIN_SIZES`` x
-    optional flip) and average the softmaxed class scores.
+    """Run a segmentor on every view of ``DatasetMapperTTA`` (``TEST.AUG.MIN_SIZES`` short
+    edges x optional flip; the shipped configs use the training short edges) and average
+    the views' **logits**, as the reference does.
 
-    Takes the model's inputs and returns per image ``{"sem_seg": (C, H, W) averaged
-    probabilities at the input's "height"/"width", "flops": {"real", "expected"} GFLOPs
-    summed over the views}`` (``"flops"`` only when the model reports it). Views run one at
-    a time, so memory stays that of the largest view.
+    Takes the model's inputs and returns per image ``{"sem_seg": (C, H, W) averaged logits
+    at the input's "height"/"width", "flops": {"real", "expected"} GFLOPs summed over the
+    views}`` (``"flops"`` only when the model reports it): the FLOPs of a TTA evaluation are
+    the cost of all views, not of the first one. Views run one at a time, so memory stays
+    that of the largest view.
     """
 
     @configurable
@@ -39,21 +42,21 @@ class SemanticSegmentorWithTTA(nn.Module):
         return [self._inference_one(x) for x in batched_inputs]
 
     def _inference_one(self, inputs: Dict) -> Dict:
-        probs = None
+        logits = None
         real = expected = 0.0
         has_flops = False
         views = self.tta_mapper(inputs)
         for view in views:
             output = self.model([view])[0]
-            p = output["sem_seg"].softmax(dim=0)
+            view_logits = output["sem_seg"]
             if _is_flipped(view):
-                p = p.flip(dims=[2])
-            probs = p if probs is None else probs + p
+                view_logits = view_logits.flip(dims=[2])
+            logits = view_logits if logits is None else logits + view_logits
             if "flops" in output:
                 has_flops = True
                 real += output["flops"]["real"]
                 expected += output["flops"]["expected"]
-        result: Dict = {"sem_seg": probs / len(views)}
+        result: Dict = {"sem_seg": logits / len(views)}
         if has_flops:
             result["flops"] = {"real": real, "expected": expected}
         return result

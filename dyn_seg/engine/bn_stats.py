@@ -1,0 +1,68 @@
+"""Batch-norm statistics passes (precise BN, BN re-calibration) with drop path off.
+
+The reference gathers precise-BN statistics with ``step_rate`` 0, so scheduled drop path
+(keep = 1 - step_rate * layer_rate * DROP_PROB) is inactive during the pass. Without that,
+statistics gathered at the end of a drop-path run would see operations dropped at nearly
+full strength and differ from seed to seed. :func:`recompute_bn_stats` is the one place
+that implements this rule; the precise-BN hook and the tools' re-calibration use it.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
+
+from detectron2.engine import hooks
+from detectron2.utils.events import EventStorage
+from fvcore.nn.precise_bn import update_bn_stats
+from torch import nn
+
+from .hooks import unwrap_model
+
+__all__ = ["PreciseBNWithoutDropPath", "drop_path_off", "recompute_bn_stats"]
+
+
+@contextlib.contextmanager
+def drop_path_off(model: nn.Module) -> Iterator[None]:
+    """Run the body with the model's ``step_rate`` (and its backbone's) at 0, so scheduled
+    drop path keeps every operation; restore both values afterwards, also on error.
+
+    ``model`` may be wrapped (``DistributedDataParallel``); a model without ``step_rate``
+    is left alone.
+    """
+    holders = [m for m in (unwrap_model(model), getattr(unwrap_model(model), "backbone", None))
+               if m is not None and hasattr(m, "step_rate")]
+    saved = [m.step_rate for m in holders]
+    try:
+        for m in holders:
+            m.step_rate = 0.0
+        yield
+    finally:
+        for m, value in zip(holders, saved):
+            m.step_rate = value
+
+
+def recompute_bn_stats(model: nn.Module, data_iter: Iterable, num_iters: int) -> None:
+    """Recompute the running statistics of every batch norm of ``model`` (in train mode)
+    as the true average over ``num_iters`` batches from ``data_iter``, with drop path off.
+
+    fvcore's ``update_bn_stats`` does the averaging; ``step_rate`` is 0 during the pass
+    and restored afterwards (:func:`drop_path_off`).
+    """
+    with drop_path_off(model):
+        update_bn_stats(model, data_iter, num_iters)
+
+
+class PreciseBNWithoutDropPath(hooks.PreciseBN):
+    """detectron2's ``PreciseBN`` hook whose statistics pass is :func:`recompute_bn_stats`
+    (drop path off; ``step_rate`` restored for the next training step)."""
+
+    def update_stats(self) -> None:
+        if self._disabled:
+            return
+        if self._data_iter is None:
+            self._data_iter = iter(self._data_loader)
+        self._logger.info(f"Running precise-BN for {self._num_iter} iterations (drop path off)")
+        # a storage of its own: the forward passes log routing statistics, which must not
+        # reach the training's metrics
+        with EventStorage():
+            recompute_bn_stats(self._model, self._data_iter, self._num_iter)
