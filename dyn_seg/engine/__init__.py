@@ -13,11 +13,13 @@ from .solver import (
     scale_gate_lr,
     with_full_model_gradient_clipping,
 )
+from .predictor import DynSegPredictor
 from .trainer import Trainer
 from .tta import SemanticSegmentorWithTTA
 
 __all__ = [
     "CLIP_TYPES",
+    "DynSegPredictor",
     "NonFiniteGuard",
     "NonFiniteTrainingError",
     "RandomCropWithPad",
