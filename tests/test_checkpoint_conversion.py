@@ -35,7 +35,8 @@ def to_reference(key: str, basic_ops=()) -> str:
     """Our parameter name -> the reference implementation's."""
     k = key.replace("backbone.init_cell.", "backbone.init_layer.")
     k = k.replace("backbone.cells.", "backbone.all_cell_list.")
-    k = k.replace(".gate.reduce.", ".gate_conv_beta.0.").replace(".gate.proj.", ".gate_conv_beta.2.")
+    k = k.replace(".gate.reduce.", ".gate_conv_beta.0.")
+    k = k.replace(".gate.proj.", ".gate_conv_beta.2.")
     k = k.replace(".up.", ".res_up.1.").replace(".down.", ".res_down.1.")
     k = k.replace("sem_seg_head.decoders.", "sem_seg_head.layer_decoder_list.")
     m = re.search(r"\.ops\.(\d+)\.layers\.(\d+)\.", k)

@@ -4,6 +4,7 @@ from .augmentation import RandomCropWithPad, build_train_augmentations
 from .ddp import create_ddp_model
 from .guards import NonFiniteGuard, NonFiniteTrainingError
 from .hooks import StepRateHook, unwrap_model
+from .predictor import DynSegPredictor
 from .solver import (
     CLIP_TYPES,
     WarmupPolyParamScheduler,
@@ -13,7 +14,6 @@ from .solver import (
     scale_gate_lr,
     with_full_model_gradient_clipping,
 )
-from .predictor import DynSegPredictor
 from .trainer import Trainer
 from .tta import SemanticSegmentorWithTTA
 
