@@ -29,6 +29,8 @@ setup(
     version=read_version(),
     description="Dynamic Routing networks for semantic segmentation, as a detectron2 extension",
     packages=find_packages(include=["dyn_seg", "dyn_seg.*"]),
+    # the trained Tiny network that model_zoo.get(..., trained=True) loads offline
+    package_data={"dyn_seg.model_zoo": ["weights/*.pth"]},
     python_requires=">=3.9",
     install_requires=[
         "fvcore>=0.1.5,<0.1.6",

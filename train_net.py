@@ -35,7 +35,8 @@ def main(args):
     if args.eval_only:
         model = build_model(cfg)
         DynSegCheckpointer(
-            model, save_dir=cfg.OUTPUT_DIR, allow_unsafe_pickle=args.allow_unsafe_pickle
+            model, save_dir=cfg.OUTPUT_DIR, allow_unsafe_pickle=args.allow_unsafe_pickle,
+            inference=True, allow_partial_weights=args.allow_partial_weights,
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
@@ -58,6 +59,12 @@ def argument_parser():
         action="store_true",
         help="allow MODEL.WEIGHTS to be a pickled .pkl/.pyth file (runs code from the file; "
         "only for files you trust)",
+    )
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="with --eval-only: evaluate even when MODEL.WEIGHTS is empty or leaves parameters "
+        "missing or wrongly shaped (they keep their random initialisation)",
     )
     return parser
 

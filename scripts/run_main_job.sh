@@ -49,7 +49,7 @@ rm -rf "$OUT/train" "$OUT/untrained"
 mkdir -p "$OUT"
 
 log "evaluating the untrained network (baseline)"
-"$PY" train_net.py --config-file "$CONFIG" --eval-only \
+"$PY" train_net.py --config-file "$CONFIG" --eval-only --allow-partial-weights \
     OUTPUT_DIR "$OUT/untrained" SEED 0 MODEL.WEIGHTS "" > "$OUT/untrained.log" 2>&1 \
     || { tail -n 40 "$OUT/untrained.log" >&2; exit 1; }
 

@@ -124,3 +124,172 @@ def test_reference_names_convert_on_load(tmp_path):
     for k, v in fresh.state_dict().items():
         if v.is_floating_point():
             assert torch.equal(v, ours[k] + 1), k
+
+
+# ------------------------------------------------------------ safe and complete inference
+class _Payload:
+    """Unpickling this creates the file ``path``: proof that code from the file ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _tiny_weights(tmp_path, **overrides):
+    path = tmp_path / "tiny.pth"
+    torch.save({"model": build_model(tiny_cfg(**overrides)).state_dict()}, path)
+    return path
+
+
+def test_predictor_refuses_payload_pickles_and_runs_nothing(tmp_path):
+    from dyn_seg.engine import DynSegPredictor
+
+    marker = tmp_path / "payload-ran"
+    state = _model().state_dict()
+    pkl = tmp_path / "weights.pkl"
+    pkl.write_bytes(pickle.dumps({"model": dict(state), "x": _Payload(marker)}))
+    pth = tmp_path / "weights.pth"
+    torch.save({"model": state, "x": _Payload(marker)}, pth)
+    for path in (pkl, pth):
+        cfg = tiny_cfg()
+        cfg.MODEL.WEIGHTS = str(path)
+        with pytest.raises(CheckpointError, match="allow_unsafe_pickle"):
+            DynSegPredictor(cfg)
+        assert not marker.exists(), f"loading {path.name} ran the payload"
+    pickle.loads(pkl.read_bytes())  # the payload is real: unpickling does run it
+    assert marker.exists()
+
+
+def test_predictor_loads_reference_named_weights(tmp_path):
+    from test_checkpoint_conversion import reference_state, to_reference
+
+    from dyn_seg.engine import DynSegPredictor
+
+    reference = reference_state(_model())
+    path = tmp_path / "reference.pth"
+    torch.save({"model": reference}, path)
+    cfg = tiny_cfg()
+    cfg.MODEL.WEIGHTS = str(path)
+    predictor = DynSegPredictor(cfg)
+    for key, value in predictor.model.state_dict().items():
+        assert torch.equal(value, reference[to_reference(key)]), key
+
+
+def test_inference_refuses_partial_or_missing_weights(tmp_path, caplog):
+    from dyn_seg.engine import DynSegPredictor
+
+    weights = _tiny_weights(tmp_path)
+    # another number of classes: only the head's classifier does not fit
+    cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 5})
+    cfg.MODEL.WEIGHTS = str(weights)
+    with pytest.raises(CheckpointError) as err:
+        DynSegPredictor(cfg)
+    message = str(err.value)
+    assert "2 of the model's" in message and "(head 2)" in message
+    assert "sem_seg_head.predictor.weight" in message and "--allow-partial-weights" in message
+    assert message.splitlines()[-1] == str(weights)
+    DynSegPredictor(cfg, allow_partial_weights=True)  # explicit: runs, with a warning
+    assert "sem_seg_head.predictor.weight" in caplog.text
+
+    # one more layer: backbone and gates of the new layer are missing
+    cfg = tiny_cfg(**{"MODEL.BACKBONE.LAYER_NUM": 5})
+    cfg.MODEL.WEIGHTS = str(weights)
+    with pytest.raises(CheckpointError, match=r"\(backbone \d+, gates \d+\)"):
+        DynSegPredictor(cfg)
+
+    cfg = tiny_cfg()
+    with pytest.raises(CheckpointError, match="MODEL.WEIGHTS is empty"):
+        DynSegPredictor(cfg)
+    DynSegPredictor(cfg, allow_partial_weights=True)
+
+
+def test_training_warns_on_partial_weights_but_refuses_a_foreign_network(tmp_path, caplog):
+    weights = _tiny_weights(tmp_path)
+    model = build_model(tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 5}))
+    with caplog.at_level("WARNING"):
+        DynSegCheckpointer(model).load(str(weights))  # fine-tuning to 5 classes
+    assert "sem_seg_head.predictor.bias" in caplog.text
+    wider = build_model(tiny_cfg(**{"MODEL.BACKBONE.INIT_CHANNEL": 16}))
+    with pytest.raises(CheckpointError, match="less than 50%"):
+        DynSegCheckpointer(wider).load(str(weights))
+
+
+def _load_script(relative):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3],
+                                                  REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_only_without_weights_is_an_error(tmp_path):
+    train_net = _load_script("train_net.py")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_cfg().dump())
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", str(config), "--eval-only", "OUTPUT_DIR", str(tmp_path / "out")])
+    with pytest.raises(CheckpointError, match="MODEL.WEIGHTS is empty"):
+        train_net.main(args)
+    assert train_net.argument_parser().parse_args(
+        ["--eval-only", "--allow-partial-weights"]).allow_partial_weights
+
+
+def test_demo_and_visualiser_refuse_partial_weights(tmp_path):
+    weights = _tiny_weights(tmp_path)
+    cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 5})
+    demo = _load_script("tools/demo.py")
+    cfg.MODEL.WEIGHTS = str(weights)
+    with pytest.raises(CheckpointError, match=r"\(head 2\)"):
+        demo.build_predictor(cfg)
+    demo.build_predictor(cfg, allow_partial_weights=True)
+    cfg.MODEL.WEIGHTS = ""
+    visualiser = _load_script("tools/visualize_routing.py")
+    with pytest.raises(CheckpointError, match=r"\(head 2\)"):
+        visualiser.build_predictor(cfg, str(weights), 0)
+    visualiser.build_predictor(cfg, str(weights), 0, allow_partial_weights=True)
+
+
+def test_unreachable_url_gives_clear_error_and_leaves_no_lock(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FVCORE_CACHE", str(cache))
+    url = "http://127.0.0.1:9/x.pth"
+    with pytest.raises(CheckpointError) as err:
+        DynSegCheckpointer(_model()).load(url)
+    assert "Cannot download the weights" in str(err.value)
+    assert str(err.value).splitlines()[-1] == url
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert not [p for p in cache.rglob("*") if p.is_file()], list(cache.rglob("*"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_checkpoints_get_the_permissions_of_other_outputs(tmp_path, umask):
+    from iopath.common.file_io import PathManager
+
+    opened = []
+
+    class RecordingPathManager(PathManager):
+        def open(self, path, mode="r", **kwargs):
+            opened.append(path)
+            return super().open(path, mode, **kwargs)
+
+    old = os.umask(umask)
+    try:
+        ckpt = DynSegCheckpointer(_model(), str(tmp_path))
+        ckpt.path_manager = RecordingPathManager()
+        ckpt.save("model_final")
+        with open(tmp_path / "metrics.json", "w") as f:  # any other output
+            f.write("{}")
+    finally:
+        os.umask(old)
+    expected = (tmp_path / "metrics.json").stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for name in ("model_final.pth", "last_checkpoint"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
+    assert len(opened) == 2  # saved through the checkpointer's path manager
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "metrics.json", "model_final.pth"]

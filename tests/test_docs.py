@@ -1,8 +1,9 @@
 """The commands and code of README.md and docs/*.md exist, and the cheap ones run as written.
 
-Run here: every ``python SCRIPT --help`` (in this process), the README's ``DefaultPredictor``
-snippet and docs/ROUTING.md's Python snippet (their own text, on the Tiny config with
-weights and images made in a temporary folder), the synthetic-data generator commands (into
+Run here: every ``python SCRIPT --help`` (in this process), the README's ``DynSegPredictor``
+snippet (as written, with the Tiny weights shipped in the package, on an image made in a
+temporary folder) and docs/ROUTING.md's Python snippet (on the Tiny config with weights made
+in a temporary folder), the synthetic-data generator commands (into
 a temporary root), the dataset check on that data, and the FAQ's ``FLOPS_ALL`` command.
 
 Every shell command of the docs must be either run here or listed in ``EXCLUDED`` with the
@@ -256,12 +257,11 @@ def _street(height: int = 96, width: int = 200) -> np.ndarray:
     return cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (5, 5), 2)
 
 
-def test_readme_default_predictor_snippet_runs(tiny_weights, tmp_path, capsys):
+def test_readme_predictor_snippet_runs(tmp_path, capsys):
+    """As written, with the Tiny weights that ship with dyn_seg."""
     image_path = tmp_path / "street.png"
     cv2.imwrite(str(image_path), _street())
-    snippet = _substitute(_python_snippet(REPO / "README.md", "DefaultPredictor(cfg)"), {
-        '"Cityscapes/Dynamic-L16-B.yaml"': '"Synthetic/Dynamic-Tiny.yaml"',
-        '"path/to/model.pth"': repr(str(tiny_weights)),
+    snippet = _substitute(_python_snippet(REPO / "README.md", "DynSegPredictor(cfg)"), {
         '"street.png"': repr(str(image_path)),
     })
     scope: Dict[str, object] = {}
@@ -272,6 +272,36 @@ def test_readme_default_predictor_snippet_runs(tiny_weights, tmp_path, capsys):
     assert flops["real"] > flops["expected"] > 0
     assert scope["out"]["routing"], "README says out['routing'] holds the gate activations"
     assert str(flops["real"]) in capsys.readouterr().out
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):  # unpickling creates the file
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_readme_predictor_snippet_refuses_payload_pickle(tmp_path, suffix):
+    import pickle
+
+    from dyn_seg.checkpoint import CheckpointError
+
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / f"model{suffix}"
+    payload = {"model": {}, "x": _Payload(marker)}
+    if suffix == ".pkl":
+        evil.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, evil)
+    snippet = _substitute(_python_snippet(REPO / "README.md", "DynSegPredictor(cfg)"), {
+        "predictor = DynSegPredictor(cfg)":
+            f"cfg.MODEL.WEIGHTS = {str(evil)!r}\npredictor = DynSegPredictor(cfg)",
+    })
+    with pytest.raises(CheckpointError, match="allow_unsafe_pickle"):
+        exec(compile(snippet, "README.md", "exec"), {})
+    assert not marker.exists()
 
 
 def test_routing_doc_python_snippet_runs(tiny_weights, tmp_path, monkeypatch):

@@ -10,8 +10,18 @@ state dict, or ``{"state_dict": ...}``), renames its parameters with
 When a reference key has no dyn_seg parameter, a parameter got no value, or a shape
 differs, nothing is written and the exit status is 1, unless ``--allow-partial`` (then the
 keys that did map are written). The config must describe the checkpoint's network
-(LAYER_NUM, INIT_CHANNEL, NORM, GATE, NUM_CLASSES, ...): a wrong one shows up as shape
-mismatches or missing keys.
+(LAYER_NUM, INIT_CHANNEL, NORM, GATE, CELL_TYPE, NUM_CLASSES, ...): a wrong one shows up as
+shape mismatches or missing keys.
+
+Every reference checkpoint kind converts: Dynamic networks; Network-Fix networks (their
+constant ``gate_weights_beta`` buffers are dropped; use a config with
+``MODEL.GATE.GATE_ON False``); ``conv_3x3_basic`` cell operations; ImageNet-pretrained Fix
+backbones with ``module.`` prefixes and a classification head (keys outside the backbone
+and decoder are reported as "not part of a segmentation model" and left out).
+``--init-dynamic-from-fix`` writes only the backbone of a Fix checkpoint, to start a
+Dynamic network (a config with gates) from it: the gates and the decoder keep their
+initial values and are listed as initialised fresh; a missing backbone parameter is still
+an error.
 
 Examples::
 
@@ -19,6 +29,8 @@ Examples::
         --config-file configs/Cityscapes/Dynamic-L16-Raw.yaml
     python tools/convert_reference_checkpoint.py ref.pth out.pth --config-file my.yaml \\
         --opts MODEL.BACKBONE.LAYER_NUM 33
+    python tools/convert_reference_checkpoint.py layer16_fix_imagenet.pth l16_init.pth \\
+        --config-file configs/Cityscapes/Dynamic-L16-Raw-ImageNet.yaml --init-dynamic-from-fix
 """
 from __future__ import annotations
 
@@ -48,6 +60,10 @@ def get_parser() -> argparse.ArgumentParser:
                         help="config (yaml) of the network the checkpoint holds")
     parser.add_argument("--allow-partial", action="store_true",
                         help="write the keys that mapped even when others did not")
+    parser.add_argument("--init-dynamic-from-fix", action="store_true",
+                        help="write only the backbone (e.g. of an ImageNet-pretrained Fix "
+                             "network) to initialise a Dynamic network; gates and decoder keep "
+                             "their initial values")
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
                         help="if IN cannot be read as plain tensors, unpickle it fully "
                              "(can run code from the file: only for files you trust)")
@@ -108,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, AttributeError) as e:
         raise SystemExit(f"{args.input}: {e}") from None
     target = build_model(setup_cfg(args.config_file, args.opts)).state_dict()
-    converted, report = convert_reference_state_dict(state_dict, target)
+    converted, report = convert_reference_state_dict(
+        state_dict, target, backbone_only=args.init_dynamic_from_fix)
     print(report.summary())
 
     if not report.ok and not args.allow_partial:

@@ -60,6 +60,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
                         help="allow MODEL.WEIGHTS to be a pickled .pkl/.pyth file (only for "
                         "files you trust)")
+    parser.add_argument("--allow-partial-weights", action="store_true",
+                        help="predict even when MODEL.WEIGHTS leaves parameters missing or "
+                        "wrongly shaped (they keep their random initialisation)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs (last option), e.g. "
                         "--opts MODEL.WEIGHTS model_final.pth")
@@ -94,7 +97,8 @@ def collect_inputs(patterns: Sequence[str]) -> List[str]:
     return paths
 
 
-def build_predictor(cfg: CfgNode, allow_unsafe_pickle: bool = False) -> DefaultPredictor:
+def build_predictor(cfg: CfgNode, allow_unsafe_pickle: bool = False,
+                    allow_partial_weights: bool = False) -> DefaultPredictor:
     """detectron2's ``DefaultPredictor``, with weights loaded by ``DynSegCheckpointer`` (safe
     loading, clear errors, reference checkpoints converted)."""
     weights = cfg.MODEL.WEIGHTS
@@ -105,7 +109,8 @@ def build_predictor(cfg: CfgNode, allow_unsafe_pickle: bool = False) -> DefaultP
     empty.defrost()
     empty.MODEL.WEIGHTS = ""
     predictor = DefaultPredictor(empty)
-    DynSegCheckpointer(predictor.model, allow_unsafe_pickle=allow_unsafe_pickle).load(weights)
+    DynSegCheckpointer(predictor.model, allow_unsafe_pickle=allow_unsafe_pickle, inference=True,
+                       allow_partial_weights=allow_partial_weights).load(weights)
     return predictor
 
 
@@ -186,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = setup_cfg(args)
     paths = collect_inputs(args.input)
-    predictor = build_predictor(cfg, args.allow_unsafe_pickle)
+    predictor = build_predictor(cfg, args.allow_unsafe_pickle, args.allow_partial_weights)
     metadata = class_metadata(cfg)
     space = routing_space(predictor) if args.show_route else None
     os.makedirs(args.output, exist_ok=True)

@@ -74,6 +74,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="also write one PNG per image with its route beside the image")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random initialisation when no --weights are given")
+    parser.add_argument("--allow-partial-weights", action="store_true",
+                        help="draw routes even when --weights leaves parameters missing or "
+                             "wrongly shaped (they keep their random initialisation)")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides, e.g. --opts MODEL.DEVICE cpu INPUT.MIN_SIZE_TEST "
                              "512 (must come last)")
@@ -120,11 +123,13 @@ def list_images(args: argparse.Namespace) -> List[str]:
     return paths
 
 
-def build_predictor(cfg: CfgNode, weights: str, seed: int) -> DefaultPredictor:
+def build_predictor(cfg: CfgNode, weights: str, seed: int,
+                    allow_partial_weights: bool = False) -> DefaultPredictor:
     torch.manual_seed(seed)
     predictor = DefaultPredictor(cfg)
     if weights:
-        DynSegCheckpointer(predictor.model).load(weights)
+        DynSegCheckpointer(predictor.model, inference=True,
+                           allow_partial_weights=allow_partial_weights).load(weights)
     return predictor
 
 
@@ -141,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = get_parser().parse_args(argv)
     cfg = setup_cfg(args)
     paths = list_images(args)
-    predictor = build_predictor(cfg, args.weights, args.seed)
+    predictor = build_predictor(cfg, args.weights, args.seed, args.allow_partial_weights)
     backbone = predictor.model.backbone
     space = (backbone.init_spec, backbone.cell_specs)
     stats = RoutingStats(space)

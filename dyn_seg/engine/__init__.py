@@ -5,6 +5,7 @@ from .bn_stats import PreciseBNWithoutDropPath, drop_path_off, recompute_bn_stat
 from .ddp import create_ddp_model
 from .guards import NonFiniteGuard, NonFiniteLossError, NonFiniteTrainingError
 from .hooks import StepRateHook, unwrap_model
+from .predictor import DynSegPredictor
 from .solver import (
     CLIP_TYPES,
     build_lr_scheduler,
@@ -23,6 +24,7 @@ __all__ = [
     "drop_path_off",
     "recompute_bn_stats",
     "CLIP_TYPES",
+    "DynSegPredictor",
     "NonFiniteGuard",
     "NonFiniteTrainingError",
     "RandomCropWithPad",

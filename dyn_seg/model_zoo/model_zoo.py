@@ -3,10 +3,17 @@
 ``get_config_file("Cityscapes/Dynamic-L16-B.yaml")`` -> path of the file under ``configs/``;
 ``get_config(...)`` -> a CfgNode with dyn_seg's keys and the file merged;
 ``get(...)`` -> the built model (eval mode), optionally with known trained weights.
+
+Trained weights ship inside the package where they are small: ``Synthetic/Dynamic-Tiny.yaml``
+has ``weights/Dynamic-Tiny.pth`` (the main job's recipe, scripts/run_main_job.sh: 300
+iterations on the generated street scenes; fp16 state dict). Their sha256 is checked
+whenever they are used, so ``get("Synthetic/Dynamic-Tiny.yaml", trained=True)`` and
+``get_config(..., trained=True)`` work offline, right after installation.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -21,10 +28,18 @@ from ..config import get_dyn_seg_cfg
 __all__ = ["MODEL_ZOO_WEIGHTS", "get", "get_checkpoint_url", "get_config", "get_config_file",
            "list_configs", "verify_sha256"]
 
-# Trained weights this project can fetch: config path -> {"url": ..., "sha256": ...}.
-# The authors' released checkpoints are distributed from their own pages; convert them with
-# tools/convert_reference_checkpoint.py and pass MODEL.WEIGHTS (see MODEL_ZOO.md).
-MODEL_ZOO_WEIGHTS: Dict[str, Dict[str, str]] = {}
+# Trained weights this project knows: config path -> {"url": URL or a file in this package's
+# weights/ folder, "sha256": ..., "bytes": size}. The authors' released checkpoints are
+# distributed from their own pages; convert them with tools/convert_reference_checkpoint.py
+# and pass MODEL.WEIGHTS (see MODEL_ZOO.md).
+MODEL_ZOO_WEIGHTS: Dict[str, Dict[str, str]] = {
+    "Synthetic/Dynamic-Tiny.yaml": {
+        "url": "weights/Dynamic-Tiny.pth",
+        "sha256": "SHA256",
+        "bytes": "SIZE",
+    },
+}
+_WEIGHTS_DIR = Path(__file__).resolve().parent
 
 
 def _config_root() -> Path:
@@ -60,6 +75,8 @@ def get_config(config_path: str, trained: bool = False) -> CfgNode:
     cfg = get_dyn_seg_cfg(get_config_file(config_path))
     if trained:
         cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
+        if "://" not in cfg.MODEL.WEIGHTS:  # shipped with the package: check it right here
+            verify_sha256(cfg.MODEL.WEIGHTS, MODEL_ZOO_WEIGHTS[config_path]["sha256"])
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg
@@ -72,7 +89,16 @@ def get_checkpoint_url(config_path: str) -> str:
             "released checkpoint, convert it with `python tools/convert_reference_checkpoint.py "
             f"IN OUT --config-file configs/{config_path}` and set MODEL.WEIGHTS to OUT."
         )
-    return MODEL_ZOO_WEIGHTS[config_path]["url"]
+    url = MODEL_ZOO_WEIGHTS[config_path]["url"]
+    if "://" in url:
+        return url
+    path = _WEIGHTS_DIR / url
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The trained weights of {config_path!r} should ship with dyn_seg as {path}, but "
+            "the file is missing: reinstall dyn_seg from a complete source checkout."
+        )
+    return str(path)
 
 
 def verify_sha256(path: str, expected: str) -> None:
@@ -83,8 +109,8 @@ def verify_sha256(path: str, expected: str) -> None:
             digest.update(block)
     if digest.hexdigest() != expected.lower():
         raise ValueError(
-            f"sha256 of {path} is {digest.hexdigest()}, expected {expected}: the download is "
-            "corrupt or not the published file; delete it and download again."
+            f"sha256 of {path} is {digest.hexdigest()}, expected {expected}: the file is "
+            "corrupt or not the published one; delete it and download (or reinstall) again."
         )
 
 
@@ -98,7 +124,7 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None) -
     if trained:
         local = PathManager.get_local_path(cfg.MODEL.WEIGHTS)
         known = MODEL_ZOO_WEIGHTS[config_path].get("sha256")
-        if known:
-            verify_sha256(local, known)
-        DynSegCheckpointer(model).load(local)
+        if known and os.path.abspath(local) != os.path.abspath(cfg.MODEL.WEIGHTS):
+            verify_sha256(local, known)  # downloaded (local files were checked above)
+        DynSegCheckpointer(model, inference=True).load(local)
     return model.eval()
