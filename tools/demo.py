@@ -23,32 +23,32 @@ import warnings
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                         category=FutureWarning)  # printed by fvcore/detectron2 imports
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from typing import Callable, List, Optional, Sequence, Tuple  # noqa: E402
+import argparse
+import os
+import sys
+from typing import Callable, List, Optional, Sequence, Tuple
 
-import numpy as np  # noqa: E402
-import tqdm  # noqa: E402
-from detectron2.config import CfgNode  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data.catalog import Metadata  # noqa: E402
-from detectron2.engine import DefaultPredictor  # noqa: E402
-from detectron2.utils.colormap import colormap  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import tqdm
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.colormap import colormap
+from PIL import Image
 
-from dyn_seg import get_dyn_seg_cfg  # noqa: E402
-from dyn_seg.data.reader import DatasetFileError, check_image_array, read_image_file  # noqa: E402
-from dyn_seg.utils.cli import (  # noqa: E402
+from dyn_seg import get_dyn_seg_cfg
+from dyn_seg.data.reader import DatasetFileError, check_image_array, read_image_file
+from dyn_seg.utils.cli import (
     add_weights_and_opts,
     find_images,
     output_paths,
     parse_tool_args,
 )
-from dyn_seg.utils.cli import build_predictor as _build_predictor  # noqa: E402
-from dyn_seg.visualization import overlay_route  # noqa: E402
-from dyn_seg.visualization.overlay import SegmentationVisualizer  # noqa: E402
-from dyn_seg.visualization.stats import RoutingSpace  # noqa: E402
+from dyn_seg.utils.cli import build_predictor as _build_predictor
+from dyn_seg.visualization import overlay_route
+from dyn_seg.visualization.overlay import SegmentationVisualizer
+from dyn_seg.visualization.stats import RoutingSpace
 
 OUTPUT_FORMATS = ("overlay", "trainIds", "labelIds")
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"

@@ -13,6 +13,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..config_checks import check_model_config
 from .backbone import DynamicNetwork, RoutingRecord
 from .budget import budget_loss
 from .flops import GATE_EPS
@@ -105,6 +106,7 @@ class DynamicSemanticSegmentor(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_model_config(cfg)  # NUM_CLASSES, norm names, SyncBN on CPUs
         backbone = build_backbone(cfg)
         b = cfg.MODEL.BUDGET
         return {

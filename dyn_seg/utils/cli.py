@@ -7,7 +7,6 @@
 * one flag for weights, ``--weights FILE``, and detectron2's trailing ``KEY VALUE`` config
   overrides (``opts``; ``--opts KEY VALUE ...`` is accepted as well)
   (:func:`add_weights_and_opts`, :func:`parse_tool_args`);
-* the one warning filter of the entry points (:func:`quiet_dependency_warnings`);
 * a ``DefaultPredictor`` whose weights are loaded by ``DynSegCheckpointer``
   (:func:`build_predictor`).
 """
@@ -18,7 +17,6 @@ import glob
 import logging
 import os
 import re
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
@@ -30,27 +28,16 @@ __all__ = [
     "output_paths",
     "parse_size",
     "parse_tool_args",
-    "quiet_dependency_warnings",
 ]
 
 #: Extensions searched for in input folders (lower case; matched case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-#: fvcore and detectron2 call ``torch.jit.script`` at import time; PyTorch >= 2.5 warns
-#: about it once per call. Nothing a user can act on, so the entry points hide it.
-JIT_SCRIPT_WARNING = r"`torch\.jit\.script` is deprecated"
-
-
-def quiet_dependency_warnings() -> None:
-    """Hide the ``torch.jit.script`` FutureWarning printed by dependency imports (that
-    warning only). Entry points call the same filter before importing detectron2."""
-    warnings.filterwarnings("ignore", message=JIT_SCRIPT_WARNING, category=FutureWarning)
-
-
 # ----------------------------------------------------------------------------- sizes
 
-def parse_size(value: Sequence[str] | str) -> Tuple[int, int]:
-    """``"HxW"``, ``"H W"``, ``["H", "W"]`` or ``["HxW"]`` -> ``(H, W)``; ValueError otherwise."""
+def parse_size(value: Sequence[str] | str, minimum: int = 1) -> Tuple[int, int]:
+    """``"HxW"``, ``"H W"``, ``["H", "W"]`` or ``["HxW"]`` -> ``(H, W)``; ValueError otherwise
+    (also when a side is below ``minimum`` pixels)."""
     text = " ".join(value) if not isinstance(value, str) else value
     parts = [p for p in re.split(r"[x×,\s]+", text.strip().lower()) if p]
     try:
@@ -60,26 +47,32 @@ def parse_size(value: Sequence[str] | str) -> Tuple[int, int]:
             f"size {text!r} is not understood: give the height and width in pixels as "
             "'H W' or 'HxW', e.g. --size 1024 2048 or --size 1024x2048"
         ) from None
-    if height < 1 or width < 1:
-        raise ValueError(f"size {text!r}: height and width must be >= 1 pixel")
+    if height < minimum or width < minimum:
+        raise ValueError(f"size {text!r}: height and width must be at least {minimum} pixels")
     return height, width
 
 
 class _SizeAction(argparse.Action):
+    minimum = 1
+
     def __call__(self, parser, namespace, values, option_string=None):
         try:
-            setattr(namespace, self.dest, parse_size(values))
+            setattr(namespace, self.dest, parse_size(values, self.minimum))
         except ValueError as e:
             parser.error(f"{option_string}: {e}")
 
 
 def add_size_argument(parser: argparse.ArgumentParser, *flags: str,
                       default: Tuple[int, int] = (1024, 2048), help: str = "input size",
-                      ) -> None:
+                      minimum: int = 1) -> None:
     """``--size H W`` or ``--size HxW`` (``flags`` default to ``--size``); the parsed value is
-    an ``(H, W)`` tuple."""
+    an ``(H, W)`` tuple, each side at least ``minimum`` pixels."""
     flags = flags or ("--size",)
-    parser.add_argument(*flags, nargs="+", action=_SizeAction, default=tuple(default),
+    action = type("SizeAction", (_SizeAction,), {"minimum": minimum})
+    # one value ("HxW"); parse_tool_args joins "H W" into it, so that trailing KEY VALUE
+    # overrides after --size are never taken for a third number
+    parser.__dict__.setdefault("size_flags", []).extend(flags)
+    parser.add_argument(*flags, action=action, default=tuple(default),
                         metavar="H W|HxW",
                         help=f"{help}: height and width as 'H W' or 'HxW' "
                              f"(default {default[0]}x{default[1]})")
@@ -103,11 +96,18 @@ def parse_tool_args(parser: argparse.ArgumentParser,
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--opts" in argv:
+    for flag in getattr(parser, "size_flags", ()):
+        if flag in argv:
+            i = argv.index(flag)
+            pair = argv[i + 1:i + 3]
+            if len(pair) == 2 and all(v.isdigit() for v in pair):
+                argv[i + 1:i + 3] = [f"{pair[0]}x{pair[1]}"]
+    trailing: List[str] = []
+    if "--opts" in argv:  # everything after it is overrides, even after a nargs="+" option
         i = argv.index("--opts")
-        argv = argv[:i] + argv[i + 1:]
+        argv, trailing = argv[:i], argv[i + 1:]
     args = parser.parse_args(argv)
-    opts = list(getattr(args, "opts", None) or [])
+    opts = list(getattr(args, "opts", None) or []) + trailing
     if len(opts) % 2:
         parser.error(f"config overrides come in KEY VALUE pairs; got an odd number: {opts}")
     if "MODEL.WEIGHTS" in opts[::2] and hasattr(args, "weights"):
