@@ -77,8 +77,12 @@ def test_table_format_lists_parts(tool, config_file, capsys):
         assert needle in text
 
 
-def test_bad_size_names_the_expected_form(tool):
-    with pytest.raises(SystemExit, match="HxW"):
-        tool.parse_size("1024by2048")
-    assert tool.parse_size("1024x2048") == (1024, 2048)
+def test_bad_size_names_the_expected_form(tool, capsys):
+    from dyn_seg.utils.cli import parse_tool_args
+
+    with pytest.raises(SystemExit):
+        parse_tool_args(tool.get_parser(), ["--size", "1024by2048"])
+    assert "HxW" in capsys.readouterr().err
+    for size in (["1024x2048"], ["1024", "2048"]):
+        assert parse_tool_args(tool.get_parser(), ["--size", *size]).size == (1024, 2048)
     assert tool.counting_size((1000, 2000), 32) == (1024, 2016)

@@ -29,6 +29,9 @@ CASES = [
     ({"INPUT.FIX_SIZE_FOR_FLOPS": [768]}, r"FIX_SIZE_FOR_FLOPS=\[768\]"),
     ({"MODEL.PIXEL_MEAN": [1.0, 2.0, 3.0, 4.0], "MODEL.PIXEL_STD": [1.0, 1.0, 1.0, 1.0]},
      r"3-channel|PIXEL_MEAN"),
+    ({"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 0}, r"NUM_CLASSES=0.*>= 1"),
+    ({"MODEL.BACKBONE.NORM": "GroupNorm"}, r"BACKBONE.NORM='GroupNorm'.*'BN'.*'naiveSyncBN'"),
+    ({"MODEL.SEM_SEG_HEAD.NORM": "bn"}, r"SEM_SEG_HEAD.NORM='bn'.*'GN'"),
 ]
 
 
@@ -44,3 +47,22 @@ def test_wrong_channel_count_image_is_rejected_clearly():
     model = build_model(tiny_cfg()).eval()
     with pytest.raises(ValueError, match=r"\(3, H, W\).*\(4, 20, 20\)"):
         model([{"image": torch.zeros(4, 20, 20)}])
+
+
+def test_negative_learning_rate_names_the_key():
+    from dyn_seg.engine.solver import build_optimizer
+
+    model = build_model(tiny_cfg())
+    with pytest.raises(ValueError, match=r"SOLVER.BASE_LR=-0.1.*>= 0"):
+        build_optimizer(tiny_cfg(**{"SOLVER.BASE_LR": -0.1}), model)
+
+
+@pytest.mark.parametrize("norm", ["SyncBN", "nnSyncBN"])
+def test_cuda_sync_bn_with_several_cpu_processes_points_to_naive_sync_bn(norm, monkeypatch):
+    from detectron2.utils import comm
+
+    cfg = tiny_cfg(**{"MODEL.BACKBONE.NORM": norm, "MODEL.DEVICE": "cpu"})
+    build_model(cfg)  # one process: torch's SyncBatchNorm is a plain batch norm
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    with pytest.raises(ValueError, match=rf"BACKBONE.NORM='{norm}'.*2 processes.*naiveSyncBN"):
+        build_model(cfg)

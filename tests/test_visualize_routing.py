@@ -14,10 +14,11 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from dyn_seg.modeling.routing_space import build_routing_space
-from dyn_seg.visualization import (
+from dyn_seg.visualization.routing import (
     collect_routing_stats,
     draw_image_route,
     draw_routing,
+    min_route_width,
     overlay_route,
     render_route,
 )
@@ -144,12 +145,27 @@ def test_route_overlay_changes_only_the_bottom_right_corner():
     rows, cols = np.nonzero((out != image).any(axis=2))
     assert (cols.min(), cols.max(), rows.max()) == (300 - 4 - 150 - 2, 300 - 4 - 1, 120 - 4 - 1)
     assert rows.min() > 0  # the route keeps its aspect ratio, lower than the image
-    # too low an image for half its width: the thumbnail shrinks to fit the height
-    low = overlay_route(image[:40], _all_alphas(0.9), routing_space=_space(), fraction=0.5)
-    low_rows, low_cols = np.nonzero((low != image[:40]).any(axis=2))
-    assert low_rows.min() >= 4 and low_cols.max() - low_cols.min() + 1 < 152
-    tiny = np.zeros((10, 10, 3), np.uint8)
-    assert (overlay_route(tiny, _all_alphas(0.9), routing_space=_space()) == tiny).all()
+    # too small an image for a legible route: the route goes into a white band below it,
+    # at least min_route_width wide, with the image's pixels unchanged above
+    for small in (image[:40], np.zeros((10, 10, 3), np.uint8)):
+        out = overlay_route(small, _all_alphas(0.9), routing_space=_space(), fraction=0.5)
+        h, w = small.shape[:2]
+        assert out.shape[0] > h and out.shape[1] >= max(w, min_route_width(_space()))
+        assert (out[:h, :w] == small).all()
+        band = out[h:]
+        cols = np.nonzero((band != 255).any(axis=(0, 2)))[0]
+        assert cols.max() - cols.min() + 1 >= min_route_width(_space()) + 2
+
+
+def test_route_thumbnail_names_scales_and_layers():
+    labelled = render_route(_all_alphas(0.9), routing_space=_space(), width=200)
+    bare = render_route(_all_alphas(0.9), routing_space=_space(), width=200, labels=False)
+    # the labelled picture has dark text left of the first node column and under the nodes
+    dark = (labelled < 160).all(axis=2)
+    left = dark[:, : round(0.1 * labelled.shape[1])]
+    bottom = dark[round(0.88 * labelled.shape[0]):]
+    assert left.sum() > 20 and bottom.sum() > 20
+    assert not (bare[:, : round(0.04 * bare.shape[1])] < 160).all(axis=2).any()
 
 
 def test_visualizer_writes_figure_json_and_per_image_routes(tmp_path):

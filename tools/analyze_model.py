@@ -23,11 +23,16 @@ INPUT.FIX_SIZE_FOR_FLOPS of the config is ignored here (the size is the question
 Examples::
 
     python tools/analyze_model.py --config-file configs/Cityscapes/Dynamic-L16-Raw.yaml
-    python tools/analyze_model.py --size 768x768 --format json --opts MODEL.GATE.GATE_ON False
+    python tools/analyze_model.py --size 768x768 --format json MODEL.GATE.GATE_ON False
     python tools/analyze_model.py --config-file my.yaml --weights model_final.pth \\
         --image frankfurt_000000_000294_leftImg8bit.png
 """
 from __future__ import annotations
+
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)  # printed by fvcore/detectron2 imports
 
 import argparse
 import json
@@ -53,6 +58,7 @@ from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.modeling.analysis import all_open_flops
 from dyn_seg.modeling.gate import SoftGate
 from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
+from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
 
 logger = logging.getLogger("dyn_seg.analyze_model")
 
@@ -68,10 +74,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="model config (yaml); default: the built-in Dynamic L16 defaults")
-    parser.add_argument("--weights", default="", metavar="FILE",
-                        help="model weights (.pth); default: random initialisation (--seed)")
-    parser.add_argument("--size", default="1024x2048", metavar="HxW",
-                        help="input height x width in pixels (default: 1024x2048)")
+    add_size_argument(parser, default=(1024, 2048), minimum=32, help="input size")
     parser.add_argument("--image", default="", metavar="FILE",
                         help="run the forward on this image (resized to --size) instead of a "
                              "random one")
@@ -79,20 +82,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="seed of the random initialisation and the random image")
     parser.add_argument("--format", choices=("table", "json"), default="table",
                         help="output format (default: table)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. --opts MODEL.BACKBONE.LAYER_NUM 33 "
-                             "(must come last)")
+    add_weights_and_opts(parser, "model weights (.pth); default: random initialisation (--seed)")
     return parser
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"--size {text!r} is not HxW, e.g. 1024x2048.") from None
-    if h < 32 or w < 32:
-        raise SystemExit(f"--size {text!r}: height and width must be at least 32 pixels.")
-    return h, w
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
@@ -259,8 +250,8 @@ def format_table(report: Dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     """Run the tool; prints the report and returns it."""
-    args = get_parser().parse_args(argv)
-    size = parse_size(args.size)
+    args = parse_tool_args(get_parser(), argv)
+    size = args.size
     report = {"config_file": args.config_file or "built-in defaults"}
     report.update(analyze(setup_cfg(args), size, args.weights, args.image, args.seed))
     if args.format == "json":

@@ -27,6 +27,11 @@ Examples::
 """
 from __future__ import annotations
 
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+
 import argparse
 import json
 import sys
@@ -46,23 +51,22 @@ from dyn_seg.benchmark import (
     prepare_weights,
 )
 from dyn_seg.checkpoint import DynSegCheckpointer
+from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default="", help="dyn_seg config (default: the defaults)")
-    p.add_argument("--weights", default="", help="checkpoint to load (default: random init)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
     p.add_argument("--task", choices=["inference", "train", "all"], default="inference")
-    p.add_argument("--size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"),
-                   help="inference input size (padded to MAX_STRIDE)")
+    add_size_argument(p, default=(1024, 2048), help="inference input size (padded to MAX_STRIDE)")
     p.add_argument("--batch", type=int, default=1, help="inference batch size")
     p.add_argument("--modes", nargs="+", default=["faithful", "fast-base", "fast-fold",
                                                   "fast-fold-cl", "fast-fold-cl-skip", "fast"],
                    choices=list(INFERENCE_MODES), help="inference modes")
-    p.add_argument("--train-size", type=int, nargs=2, default=[768, 768], metavar=("H", "W"))
+    add_size_argument(p, "--train-size", default=(768, 768), help="training input size")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--train-modes", nargs="+", default=["faithful", "channels_last", "bf16",
                                                         "channels_last-bf16"],
@@ -74,9 +78,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="random batches to calibrate norms on (-1: 2 without --weights)")
     p.add_argument("--warmup", type=int, default=2, help="interleaved warm-up rounds")
     p.add_argument("--iters", type=int, default=10, help="interleaved measured rounds")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                   help="config overrides KEY VALUE ... (last on the command line)")
-    args = p.parse_args(argv)
+    add_weights_and_opts(p, "checkpoint to load (default: random init)")
+    args = parse_tool_args(p, argv)
     parse_gates(args.gates)  # fail early with the allowed forms
     return args
 

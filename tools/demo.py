@@ -1,43 +1,57 @@
 #!/usr/bin/env python
-"""Segment images with a Dynamic Routing network and save colour overlays.
+"""Segment images with a Dynamic Routing network and save colour overlays or label maps.
 
     python tools/demo.py --config-file configs/Synthetic/Dynamic-Tiny.yaml \\
         --input datasets/synthetic/cityscapes/leftImg8bit/val --output output/demo \\
-        --show-flops --show-route --opts MODEL.WEIGHTS output/main_job/train/model_final.pth
+        --weights output/main_job/train/model_final.pth --show-flops --show-route
 
-``--input`` takes image files, folders (searched recursively) and glob patterns. Each
-overlay is written to ``--output`` as ``<image name>.png``; with ``--show-flops`` the
-image's real GFLOPs (what the gates actually computed) are printed on it (top left), with
-``--show-route`` the image's route through the routing space is drawn small in the bottom
-right corner (as in ``tools/visualize_routing.py --per-image``). Images of any size work:
-the predictor resizes them to ``INPUT.MIN_SIZE_TEST`` and returns the segmentation at the
-original size.
+``--input`` takes image files, folders (searched recursively) and glob patterns. Outputs
+mirror the inputs' paths relative to their common folder (``a/x.png`` -> ``OUTPUT/a/x.png``),
+so images of the same name in different folders never overwrite each other. With
+``--output-format overlay`` (default) each output is a colour overlay; with
+``--show-flops`` the image's real GFLOPs are printed on it (top left), with ``--show-route``
+the image's route through the routing space is drawn in the bottom right corner (below the
+image when the image is too small for a legible route). ``--output-format trainIds`` writes
+the predicted class ids as 8-bit PNGs (``NAME_trainIds.png``); ``labelIds`` writes
+Cityscapes label ids (``CITY_SEQ_FRAME_labelIds.png``), the files the Cityscapes
+evaluation script and test server expect (README: "Submitting to the Cityscapes test
+server"). A file that cannot be read or segmented is reported (file and reason) and the
+others are processed; the exit status is then 1.
 """
-from __future__ import annotations
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)  # printed by fvcore/detectron2 imports
 
 import argparse
-import glob
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tqdm
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.colormap import colormap
-from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from dyn_seg import get_dyn_seg_cfg
-from dyn_seg.checkpoint import DynSegCheckpointer
+from dyn_seg.data.reader import DatasetFileError, check_image_array, read_image_file
+from dyn_seg.utils.cli import (
+    add_weights_and_opts,
+    find_images,
+    output_paths,
+    parse_tool_args,
+)
+from dyn_seg.utils.cli import build_predictor as _build_predictor
 from dyn_seg.visualization import overlay_route
+from dyn_seg.visualization.overlay import SegmentationVisualizer
 from dyn_seg.visualization.stats import RoutingSpace
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_FORMATS = ("overlay", "trainIds", "labelIds")
+_CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,71 +61,58 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
     parser.add_argument("--input", nargs="+", required=True,
                         help="image files, folders or glob patterns")
-    parser.add_argument("--output", default="output/demo", help="folder for the overlays")
+    parser.add_argument("--output", default="output/demo", help="folder for the outputs")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="overlay",
+                        help="overlay: colour overlays (default); trainIds: predicted class "
+                        "ids as 8-bit PNGs; labelIds: Cityscapes label ids named for the "
+                        "Cityscapes evaluation script and test server")
     parser.add_argument("--show-flops", action="store_true",
                         help="print each image's real GFLOPs on its overlay")
     parser.add_argument("--show-route", action="store_true",
                         help="draw each image's route small in the bottom right corner")
     parser.add_argument("--route-size", type=float, default=0.35, metavar="FRACTION",
                         help="width of the route drawing as a share of the image width "
-                        "(0..1, default 0.35)")
+                        "(0..1, default 0.35; at least a legible minimum width)")
     parser.add_argument("--alpha", type=float, default=0.6,
                         help="opacity of the segmentation colours (0..1)")
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="allow MODEL.WEIGHTS to be a pickled .pkl/.pyth file (only for "
+                        help="allow the weights to be a pickled .pkl/.pyth file (only for "
                         "files you trust)")
     parser.add_argument("--allow-partial-weights", action="store_true",
-                        help="predict even when MODEL.WEIGHTS leaves parameters missing or "
+                        help="predict even when the weights leave parameters missing or "
                         "wrongly shaped (they keep their random initialisation)")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides as KEY VALUE pairs (last option), e.g. "
-                        "--opts MODEL.WEIGHTS model_final.pth")
-    args = parser.parse_args(argv)
+    add_weights_and_opts(parser, "trained model (.pth); the same as the override "
+                         "MODEL.WEIGHTS FILE")
+    args = parse_tool_args(parser, argv)
     if not 0.0 < args.route_size <= 1.0:
         parser.error(f"--route-size must be in (0, 1], got {args.route_size}")
+    if args.output_format != "overlay" and (args.show_flops or args.show_route):
+        parser.error("--show-flops and --show-route draw on overlays; leave them out with "
+                     f"--output-format {args.output_format}")
     return args
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_dyn_seg_cfg(args.config_file, args.opts)
+    opts = list(args.opts) + (["MODEL.WEIGHTS", args.weights] if args.weights else [])
+    cfg = get_dyn_seg_cfg(args.config_file, opts)
     cfg.freeze()
     return cfg
 
 
 def collect_inputs(patterns: Sequence[str]) -> List[str]:
     """Image paths from files, folders (recursively) and glob patterns, sorted per item."""
-    paths: List[str] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = [
-                os.path.join(root, name)
-                for root, _, names in os.walk(pattern)
-                for name in names
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            ]
-        else:
-            found = glob.glob(os.path.expanduser(pattern))
-        if not found:
-            raise FileNotFoundError(f"--input {pattern!r} matches no image file.")
-        paths.extend(sorted(found))
-    return paths
+    return [path for path, _ in find_images(patterns)]
 
 
 def build_predictor(cfg: CfgNode, allow_unsafe_pickle: bool = False,
                     allow_partial_weights: bool = False) -> DefaultPredictor:
-    """detectron2's ``DefaultPredictor``, with weights loaded by ``DynSegCheckpointer`` (safe
-    loading, clear errors, reference checkpoints converted)."""
-    weights = cfg.MODEL.WEIGHTS
-    if not weights:
+    """A ``DynSegPredictor`` with ``MODEL.WEIGHTS`` (safe loading, clear errors, reference
+    checkpoints converted)."""
+    if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: pass the trained model, e.g. "
-                         "--opts MODEL.WEIGHTS output/main_job/train/model_final.pth")
-    empty = cfg.clone()
-    empty.defrost()
-    empty.MODEL.WEIGHTS = ""
-    predictor = DefaultPredictor(empty)
-    DynSegCheckpointer(predictor.model, allow_unsafe_pickle=allow_unsafe_pickle, inference=True,
-                       allow_partial_weights=allow_partial_weights).load(weights)
-    return predictor
+                         "--weights output/main_job/train/model_final.pth")
+    return _build_predictor(cfg, cfg.MODEL.WEIGHTS, allow_unsafe_pickle=allow_unsafe_pickle,
+                            allow_partial_weights=allow_partial_weights)
 
 
 def class_metadata(cfg: CfgNode) -> Metadata:
@@ -147,17 +148,48 @@ def _fixed_colors(num_classes: int, evaluator_type: Optional[str]) -> List[List[
     return [table[i % len(table)] for i in range(num_classes)]
 
 
+def label_writer(output_format: str, cfg: CfgNode
+                 ) -> Tuple[str, Callable[[str], str], Callable[[np.ndarray], np.ndarray]]:
+    """``(suffix, rename, to_ids)`` of a label output format: the file-name suffix, the
+    stem renaming and the mapping from predicted class ids to the written ids."""
+    def strip(stem: str) -> str:
+        if stem.endswith(_CITYSCAPES_IMAGE_SUFFIX):
+            return stem[: -len(_CITYSCAPES_IMAGE_SUFFIX)]
+        return stem
+
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if output_format == "trainIds":
+        if num_classes > 256:
+            raise ValueError(f"--output-format trainIds writes 8-bit PNGs; NUM_CLASSES="
+                             f"{num_classes} does not fit.")
+        return "_trainIds.png", strip, lambda labels: labels.astype(np.uint8)
+    if num_classes != 19:
+        raise ValueError(
+            f"--output-format labelIds maps the 19 Cityscapes training classes to Cityscapes "
+            f"label ids, but MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes}; use "
+            "--output-format trainIds for other datasets."
+        )
+    try:
+        from cityscapesscripts.helpers.labels import trainId2label
+    except ImportError as e:
+        raise ValueError("--output-format labelIds needs cityscapesscripts "
+                         "(pip install cityscapesscripts)") from e
+    lut = np.array([trainId2label[i].id for i in range(19)], dtype=np.uint8)
+    return "_labelIds.png", strip, lambda labels: lut[labels]
+
+
 def render(image_bgr: np.ndarray, labels: np.ndarray, metadata: Metadata, *,
            alpha: float = 0.6, text: Optional[str] = None,
            route: Optional[Tuple[dict, RoutingSpace]] = None,
            route_size: float = 0.35) -> np.ndarray:
-    """RGB overlay (H, W, 3) of the class map ``labels`` (H, W) on ``image_bgr``.
+    """RGB overlay of the class map ``labels`` (H, W) on ``image_bgr``.
 
-    ``text`` is written in the top left corner; ``route`` (the image's ``"routing"``
-    output and the model's routing space) is drawn ``route_size`` of the image width wide
-    in the bottom right corner.
+    Class names are written in black or white on a box of their class colour. ``text`` is
+    written in the top left corner; ``route`` (the image's ``"routing"`` output and the
+    model's routing space) is drawn ``route_size`` of the image width wide (at least a
+    legible minimum) in the bottom right corner, or below the image when it does not fit.
     """
-    vis = Visualizer(image_bgr[:, :, ::-1], metadata)
+    vis = SegmentationVisualizer(image_bgr[:, :, ::-1], metadata)
     vis.draw_sem_seg(labels, alpha=alpha)
     if text:
         vis.draw_text(text, (4, 4), color="w", horizontal_alignment="left")
@@ -188,28 +220,50 @@ def routing_space(predictor: DefaultPredictor) -> RoutingSpace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo; returns 0 when every image was written, 1 when some failed."""
     args = parse_args(argv)
     cfg = setup_cfg(args)
-    paths = collect_inputs(args.input)
+    found = find_images(args.input)
+    if args.output_format == "overlay":
+        suffix, rename, to_ids = ".png", None, None
+    else:
+        suffix, rename, to_ids = label_writer(args.output_format, cfg)
+    targets = output_paths([rel for _, rel in found], args.output, suffix, rename)
     predictor = build_predictor(cfg, args.allow_unsafe_pickle, args.allow_partial_weights)
     metadata = class_metadata(cfg)
     space = routing_space(predictor) if args.show_route else None
-    os.makedirs(args.output, exist_ok=True)
-    for path in tqdm.tqdm(paths, desc="demo", unit="img", file=sys.stderr):
-        image = read_image(path, format="BGR")
-        labels, prediction = segment(predictor, image)
+    failures: List[Tuple[str, str]] = []
+    for (path, _), out_path in zip(tqdm.tqdm(found, desc="demo", unit="img", file=sys.stderr),
+                                   targets):
+        try:
+            image = check_image_array(read_image_file(path, "BGR"), path)
+            labels, prediction = segment(predictor, image)
+        except (DatasetFileError, ValueError, RuntimeError, OSError) as e:
+            # one bad file must not stop a run over thousands: report it, go on
+            reason = f"{type(e).__name__}: {e}"
+            failures.append((path, reason))
+            tqdm.tqdm.write(f"error: {path}: {reason}", file=sys.stderr)
+            continue
         flops = prediction.get("flops", {})
-        text = None
-        if args.show_flops and "real" in flops:
-            text = f"{flops['real']:.3f} GFLOPs"
-        route = (prediction["routing"], space) if space is not None else None
-        overlay = render(image, labels, metadata, alpha=args.alpha, text=text, route=route,
-                         route_size=args.route_size)
-        out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        Image.fromarray(overlay).save(out_path)
+        if to_ids is not None:
+            picture = to_ids(labels)
+        else:
+            text = None
+            if args.show_flops and "real" in flops:
+                text = f"{flops['real']:.3f} GFLOPs"
+            route = (prediction["routing"], space) if space is not None else None
+            picture = render(image, labels, metadata, alpha=args.alpha, text=text,
+                             route=route, route_size=args.route_size)
+        os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+        Image.fromarray(picture).save(out_path)
         gflops = f", {flops['real']:.3f} real GFLOPs" if "real" in flops else ""
         tqdm.tqdm.write(f"{path}: {image.shape[1]}x{image.shape[0]}{gflops} -> {out_path}",
                         file=sys.stdout)
+    if failures:
+        print(f"error: {len(failures)} of {len(found)} images failed:", file=sys.stderr)
+        for path, reason in failures:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

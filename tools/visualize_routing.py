@@ -19,12 +19,14 @@ Examples::
         --weights model_final.pth --dataset cityscapes_fine_sem_seg_val --max-images 100 \\
         --output routing_l16b
     python tools/visualize_routing.py --config-file my.yaml --input 'photos/*.jpg' \\
-        --output routing_photos --per-image --opts MODEL.DEVICE cpu
+        --output routing_photos --per-image MODEL.DEVICE cpu
 """
-from __future__ import annotations
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)  # printed by fvcore/detectron2 imports
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -36,16 +38,25 @@ import torch
 import tqdm
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 
 from dyn_seg import get_dyn_seg_cfg
-from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.visualization import RoutingStats, draw_image_route, draw_routing, format_gflops
+from dyn_seg.data.reader import DatasetFileError, read_image_file
+from dyn_seg.utils.cli import (
+    IMAGE_EXTENSIONS,
+    add_weights_and_opts,
+    find_images,
+    parse_tool_args,
+)
+from dyn_seg.utils.cli import build_predictor as _build_predictor
+from dyn_seg.visualization import (
+    RoutingStats,
+    draw_image_route,
+    draw_routing,
+    format_gflops,
+)
 
 logger = logging.getLogger("dyn_seg.visualize_routing")
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -57,9 +68,6 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="model config (yaml); default: the built-in Dynamic L16 defaults")
-    parser.add_argument("--weights", default="", metavar="FILE",
-                        help="model weights (.pth, dyn_seg or reference names); default: "
-                             "random initialisation (seeded by --seed)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", metavar="NAME",
                         help="a registered detectron2 dataset, e.g. cityscapes_fine_sem_seg_val")
@@ -77,9 +85,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-partial-weights", action="store_true",
                         help="draw routes even when --weights leaves parameters missing or "
                              "wrongly shaped (they keep their random initialisation)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. --opts MODEL.DEVICE cpu INPUT.MIN_SIZE_TEST "
-                             "512 (must come last)")
+    add_weights_and_opts(parser, "model weights (.pth, dyn_seg or reference names); "
+                         "default: random initialisation (seeded by --seed)")
     return parser
 
 
@@ -105,13 +112,11 @@ def list_images(args: argparse.Namespace) -> List[str]:
                 "detectron2.data.DatasetCatalog.register, or use --input FOLDER)."
             )
         paths = [d["file_name"] for d in DatasetCatalog.get(args.dataset)]
-    elif os.path.isdir(args.input):
-        paths = sorted(
-            p for p in glob.glob(os.path.join(args.input, "**", "*"), recursive=True)
-            if p.lower().endswith(IMAGE_EXTENSIONS)
-        )
     else:
-        paths = sorted(glob.glob(os.path.expanduser(args.input), recursive=True))
+        try:
+            paths = [path for path, _ in find_images([args.input])]
+        except FileNotFoundError:
+            paths = []
     if not paths:
         source = f"--dataset {args.dataset}" if args.dataset else f"--input {args.input}"
         raise SystemExit(
@@ -126,24 +131,27 @@ def list_images(args: argparse.Namespace) -> List[str]:
 def build_predictor(cfg: CfgNode, weights: str, seed: int,
                     allow_partial_weights: bool = False) -> DefaultPredictor:
     torch.manual_seed(seed)
-    predictor = DefaultPredictor(cfg)
-    if weights:
-        DynSegCheckpointer(predictor.model, inference=True,
-                           allow_partial_weights=allow_partial_weights).load(weights)
-    return predictor
+    return _build_predictor(cfg, weights, require_weights=False,
+                            allow_partial_weights=allow_partial_weights)
 
 
-def run_images(predictor: DefaultPredictor, paths: Sequence[str]
+def run_images(predictor: DefaultPredictor, paths: Sequence[str], failures: List[str]
                ) -> Iterator[Tuple[str, np.ndarray, dict]]:
-    """Yield ``(path, BGR image, inference output)`` per image, with a progress bar."""
+    """Yield ``(path, BGR image, inference output)`` per image, with a progress bar; an image
+    that cannot be read is logged, appended to ``failures`` and skipped."""
     for path in tqdm.tqdm(paths, desc="routing", unit="img", file=sys.stderr):
-        image = read_image(path, format="BGR")
+        try:
+            image = read_image_file(path, "BGR")
+        except DatasetFileError as e:
+            logger.error("skipped %s: %s", path, e)
+            failures.append(f"{path}: {e}")
+            continue
         yield path, image, predictor(image)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the tool; returns the statistics written to ``routing.json``."""
-    args = get_parser().parse_args(argv)
+    args = parse_tool_args(get_parser(), argv)
     cfg = setup_cfg(args)
     paths = list_images(args)
     predictor = build_predictor(cfg, args.weights, args.seed, args.allow_partial_weights)
@@ -151,7 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     space = (backbone.init_spec, backbone.cell_specs)
     stats = RoutingStats(space)
     os.makedirs(args.output, exist_ok=True)
-    for index, (path, image, output) in enumerate(run_images(predictor, paths)):
+    failures: List[str] = []
+    for index, (path, image, output) in enumerate(run_images(predictor, paths, failures)):
         stats.add(output)
         if args.per_image:
             name = os.path.splitext(os.path.basename(path))[0]
@@ -170,6 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result["config_file"] = args.config_file or None
     result["weights"] = args.weights or None
     result["source"] = f"dataset:{args.dataset}" if args.dataset else f"input:{args.input}"
+    result["failed"] = failures
     with open(os.path.join(args.output, "routing.json"), "w") as f:
         json.dump(result, f, indent=1)
     draw_routing(stats, os.path.join(args.output, "routing.png"))
@@ -179,4 +189,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    sys.exit(1 if main()["failed"] else 0)

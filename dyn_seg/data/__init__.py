@@ -6,9 +6,11 @@ Importing this package registers ``voc_2012_sem_seg_{train,val,train_aug}`` (laz
 (``cityscapes_fine_sem_seg_{train,val}``).
 """
 from .check import check_sem_seg_dataset, is_error
+from .roots import DatasetRootError, explain_missing_dataset_roots
 from .voc import convert_voc_labels, register_all_voc, register_pascal_voc_sem_seg
 
 register_all_voc()
+explain_missing_dataset_roots()  # a missing dataset folder names DETECTRON2_DATASETS
 
 
 def __getattr__(name):
@@ -20,6 +22,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "DatasetRootError",
     "check_sem_seg_dataset",
     "convert_voc_labels",
     "generate_synthetic_cityscapes",

@@ -3,7 +3,9 @@
 :func:`check_sem_seg_dataset` opens every image and label of a list of detectron2 dataset
 dicts and reports all problems at once rather than stopping at the first: missing or
 unreadable files, label values that are neither a class nor the ignore label, image/label
-size mismatches, 16-bit images and labels that detectron2 would misread. Each message starts
+size mismatches, 16-bit and float images and labels that detectron2 would misread. Files are
+read by :mod:`dyn_seg.data.reader`, exactly as the training loader reads them (EXIF
+orientation included), so what this check accepts is what training accepts. Each message starts
 with ``"error: "`` or ``"warning: "`` (see :func:`is_error`).
 """
 from __future__ import annotations
@@ -12,15 +14,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
-from PIL import Image
+from .reader import (
+    DatasetFileError,
+    image_to_array,
+    label_to_array,
+    label_values_outside,
+    open_image_file,
+)
 
 __all__ = ["check_sem_seg_dataset", "is_error"]
 
 ERROR = "error: "
 WARNING = "warning: "
 _MAX_LISTED_VALUES = 20
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _GRAY_MODES = ("L", "LA", "1")
 
 
@@ -29,21 +35,52 @@ def is_error(message: str) -> bool:
     return message.startswith(ERROR)
 
 
-def _open(path: str) -> Tuple[Optional[Image.Image], Optional[str]]:
-    """Fully decode an image; return it, or None and the reason it failed."""
-    try:
-        with Image.open(path) as img:
-            img.load()  # decoding everything catches truncated or corrupt files
-            return img.copy(), None
-    except Exception as e:  # PIL raises many exception types for bad files
-        return None, f"{type(e).__name__}: {e}"
-
-
 def _format_values(values: Sequence[int]) -> str:
     shown = ", ".join(str(int(v)) for v in values[:_MAX_LISTED_VALUES])
     if len(values) > _MAX_LISTED_VALUES:
         shown += f", ... ({len(values)} values)"
     return shown
+
+
+def _read_image(image_file: str, problems: List[str]) -> Optional[Tuple[int, int]]:
+    """(width, height) of the image as training reads it, or None (problems appended)."""
+    if not os.path.isfile(image_file):
+        problems.append(f"{ERROR}missing image file: {image_file}")
+        return None
+    try:
+        image = open_image_file(image_file, "Image")
+        if image.mode in _GRAY_MODES or image.mode == "P":
+            kind = "grayscale" if image.mode != "P" else "palette"
+            problems.append(
+                f"{WARNING}{kind} image {image_file} (mode {image.mode}); it is converted "
+                "to 3 channels when read"
+            )
+        # exactly the conversion training applies (and refuses what training refuses)
+        array = image_to_array(image, "RGB", image_file)
+    except DatasetFileError as e:
+        problems.append(f"{ERROR}{e}")
+        return None
+    return array.shape[1], array.shape[0]
+
+
+def _read_label(label_file: str, num_classes: int, ignore_label: int,
+                problems: List[str]) -> Optional[Tuple[int, int]]:
+    """(width, height) of the label map as training reads it, or None."""
+    if not os.path.isfile(label_file):
+        problems.append(f"{ERROR}missing label file: {label_file}")
+        return None
+    try:
+        values = label_to_array(open_image_file(label_file, "Label"), label_file)
+    except DatasetFileError as e:
+        problems.append(f"{ERROR}{e}")
+        return None
+    bad = label_values_outside(values, num_classes, ignore_label)
+    if len(bad):
+        problems.append(
+            f"{ERROR}label file {label_file} has values outside 0..{num_classes - 1} "
+            f"and the ignore label {ignore_label}: {_format_values(bad.tolist())}"
+        )
+    return values.shape[1], values.shape[0]
 
 
 def _check_record(
@@ -59,64 +96,18 @@ def _check_record(
     if not label_file:
         problems.append(f"{ERROR}{where} ({image_file}) has no 'sem_seg_file_name'")
 
-    image = label = None
-    if image_file:
-        if not os.path.isfile(image_file):
-            problems.append(f"{ERROR}missing image file: {image_file}")
-        else:
-            image, reason = _open(image_file)
-            if image is None:
-                problems.append(f"{ERROR}unreadable or corrupt image file {image_file} ({reason})")
-            elif image.mode in _SIXTEEN_BIT_MODES:
-                problems.append(
-                    f"{ERROR}16-bit image {image_file} (mode {image.mode}): detectron2 expects "
-                    "8-bit images; convert it to 8-bit RGB"
-                )
-            elif image.mode in _GRAY_MODES or image.mode == "P":
-                kind = "grayscale" if image.mode != "P" else "palette"
-                problems.append(
-                    f"{WARNING}{kind} image {image_file} (mode {image.mode}); it is converted "
-                    "to 3 channels when read"
-                )
-    if label_file:
-        if not os.path.isfile(label_file):
-            problems.append(f"{ERROR}missing label file: {label_file}")
-        else:
-            label, reason = _open(label_file)
-            if label is None:
-                problems.append(f"{ERROR}unreadable or corrupt label file {label_file} ({reason})")
-            elif label.mode == "P":
-                problems.append(
-                    f"{ERROR}palette label file {label_file}: detectron2 reads labels as "
-                    "grayscale, turning palette indices into colour luminance; write the "
-                    "indices as a grayscale PNG (e.g. datasets/prepare_voc.py)"
-                )
-                label = None
-            elif label.mode not in ("L", "1") + _SIXTEEN_BIT_MODES:
-                problems.append(
-                    f"{ERROR}label file {label_file} has mode {label.mode} "
-                    f"({len(label.getbands())} channels); expected one channel of class ids"
-                )
-                label = None
-
-    if label is not None:
-        values = np.unique(np.asarray(label).astype(np.int64))
-        bad = values[((values >= num_classes) & (values != ignore_label)) | (values < 0)]
-        if len(bad):
-            problems.append(
-                f"{ERROR}label file {label_file} has values outside 0..{num_classes - 1} "
-                f"and the ignore label {ignore_label}: {_format_values(bad.tolist())}"
-            )
-    if image is not None and label is not None and image.size != label.size:
+    image = _read_image(image_file, problems) if image_file else None
+    label = _read_label(label_file, num_classes, ignore_label, problems) if label_file else None
+    if image is not None and label is not None and image != label:
         problems.append(
-            f"{ERROR}size mismatch: image {image_file} is {image.size[0]}x{image.size[1]} "
-            f"but label {label_file} is {label.size[0]}x{label.size[1]} (width x height)"
+            f"{ERROR}size mismatch: image {image_file} is {image[0]}x{image[1]} "
+            f"but label {label_file} is {label[0]}x{label[1]} (width x height)"
         )
     if image is not None and "height" in record and "width" in record:
         expected = (int(record["width"]), int(record["height"]))
-        if image.size != expected:
+        if image != expected:
             problems.append(
-                f"{ERROR}size mismatch: image {image_file} is {image.size[0]}x{image.size[1]} "
+                f"{ERROR}size mismatch: image {image_file} is {image[0]}x{image[1]} "
                 f"but its record says {expected[0]}x{expected[1]} (width x height)"
             )
     return problems
@@ -136,7 +127,8 @@ def check_sem_seg_dataset(
     * errors: missing image or label file (or record key), unreadable/corrupt file, label
       values that are neither ``< num_classes`` nor ``ignore_label`` (with the values),
       image/label size mismatch and image size different from the record's height/width
-      (with both sizes), 16-bit images, palette or multi-channel label files;
+      (with both sizes), 16-bit or float single-channel images, palette or multi-channel
+      label files;
     * warnings: grayscale (or palette) images, which are converted to RGB when read.
 
     Args:

@@ -9,20 +9,12 @@ the augmentations. :class:`DynSegDatasetMapper` reads the files itself and raise
 moment the sample is loaded. ``datasets/check_dataset.py`` finds every such problem of a
 dataset at once, before training.
 
-What is read, and how (also tabulated in ``docs/BAD_INPUT.md``):
-
-* images: 8-bit RGB as is; grayscale, palette, RGBA and CMYK converted to 3 channels
-  (``INPUT.FORMAT``); 16-bit-per-channel RGB as 8 bits by Pillow (it keeps the high byte);
-  16-bit (or 32-bit / float) single-channel images are rejected: their value range is not
-  known, so any scaling to 8 bits would be a guess.
-* label maps: one channel of class ids, 8 or 16 bit; values must be ``< num_classes`` or
-  equal to the ignore value. Palette and multi-channel label files are rejected (detectron2
-  would turn palette indices or colours into luminance).
+Files are read by :mod:`dyn_seg.data.reader`, the same reader the dataset checker
+uses (its rules are tabulated in ``docs/BAD_INPUT.md``).
 """
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import numpy as np
 import torch
@@ -30,8 +22,8 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.utils.file_io import PathManager
-from PIL import Image, ImageOps
+
+from .reader import _CHECK_TOOL, DatasetFileError, read_image_file, read_label_file
 
 __all__ = [
     "DatasetFileError",
@@ -39,105 +31,6 @@ __all__ = [
     "read_image_file",
     "read_label_file",
 ]
-
-#: Pillow modes of images with more than 8 bits in one channel.
-WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-#: Pillow modes a label map may have: one channel of integers.
-LABEL_MODES = ("L", "1", "I;16", "I;16B", "I;16L", "I;16N", "I")
-_MAX_LISTED_VALUES = 10
-_CHECK_TOOL = "datasets/check_dataset.py lists every problem of a dataset at once"
-
-
-class DatasetFileError(ValueError):
-    """An image or label file that cannot be used; the message names the file.
-
-    ``file_name`` holds the file's path. The constructor accepts the message alone, so
-    that a DataLoader worker can re-raise the error in the main process.
-    """
-
-    def __init__(self, message: str, file_name: Optional[str] = None):
-        super().__init__(message)
-        self.file_name = file_name
-
-
-def _open_fully(file_name: str, kind: str) -> Image.Image:
-    """Open and decode ``file_name`` completely (a truncated file fails here, not later)."""
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except FileNotFoundError as e:
-        raise DatasetFileError(f"{kind} file not found: {file_name}", file_name) from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # Pillow reports unknown formats, truncated data and corrupt chunks with these
-        raise DatasetFileError(
-            f"cannot decode {kind.lower()} file {file_name} (corrupt, truncated or not an "
-            f"image): {type(e).__name__}: {e}. {_CHECK_TOOL}.",
-            file_name,
-        ) from e
-
-
-def read_image_file(file_name: str, format: str = "BGR") -> np.ndarray:
-    """Read an image as an (H, W, 3) uint8 array in ``format`` (``"BGR"`` or ``"RGB"``).
-
-    Grayscale, palette, RGBA and CMYK images are converted to 3 channels. Raises
-    :class:`DatasetFileError` naming the file when it is missing, cannot be decoded, or is a
-    16-bit (or wider) single-channel image.
-    """
-    image = _open_fully(file_name, "Image")
-    if image.mode in WIDE_GRAY_MODES:
-        raise DatasetFileError(
-            f"image file {file_name} has {image.mode} pixels (16-bit or wider single channel); "
-            "dyn_seg reads 8-bit images only and will not guess how to scale it: convert it to "
-            "8-bit RGB, e.g. Image.fromarray((np.asarray(img) >> 8).astype(np.uint8)) for "
-            f"full-range 16-bit data. {_CHECK_TOOL}.",
-            file_name,
-        )
-    return utils.convert_PIL_to_numpy(image, format)
-
-
-def _format_values(values: np.ndarray) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:_MAX_LISTED_VALUES])
-    if len(values) > _MAX_LISTED_VALUES:
-        shown += f", ... ({len(values)} values)"
-    return shown
-
-
-def read_label_file(file_name: str, num_classes: int, ignore_label: int) -> np.ndarray:
-    """Read a label map as an (H, W) integer array and check its values.
-
-    Every value must be a class id ``0 .. num_classes - 1`` or ``ignore_label``. The array
-    is uint8 when every allowed value fits into 8 bits, else float32 (exact for these
-    integers; detectron2 resizes label maps with PIL for uint8 and with torch's nearest
-    interpolation, which has no integer kernels, otherwise). Raises
-    :class:`DatasetFileError` naming the file (and the bad values) otherwise.
-    """
-    label = _open_fully(file_name, "Label")
-    if label.mode not in LABEL_MODES:
-        if label.mode == "P":
-            reason = ("is a palette image: detectron2 would read the colours' luminance, not "
-                      "the indices; save the indices as a grayscale PNG "
-                      "(datasets/prepare_voc.py does this for VOC)")
-        else:
-            reason = (f"has mode {label.mode} ({len(label.getbands())} channels); a label map "
-                      "needs one channel of class ids (8 or 16 bit)")
-        raise DatasetFileError(f"label file {file_name} {reason}. {_CHECK_TOOL}.", file_name)
-    values = np.asarray(label)
-    if values.dtype == bool:  # mode "1"
-        values = values.astype(np.uint8)
-    bad_mask = ((values >= num_classes) & (values != ignore_label)) | (values < 0)
-    if bad_mask.any():
-        bad = np.unique(values[bad_mask])
-        raise DatasetFileError(
-            f"label file {file_name} has values {_format_values(bad)}, which are neither a "
-            f"class id (0..{num_classes - 1}, MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes}) "
-            f"nor the ignore value {ignore_label} (MODEL.SEM_SEG_HEAD.IGNORE_VALUE); fix the "
-            f"labels or these settings. {_CHECK_TOOL}.",
-            file_name,
-        )
-    dtype = np.uint8 if max(num_classes - 1, ignore_label) <= 255 else np.float32
-    return values.astype(dtype, copy=False)
 
 
 class DynSegDatasetMapper(DatasetMapper):

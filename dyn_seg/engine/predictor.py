@@ -21,6 +21,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from dyn_seg.checkpoint import DynSegCheckpointer
+from dyn_seg.data.reader import check_image_array
 
 __all__ = ["DynSegPredictor"]
 
@@ -32,7 +33,7 @@ class DynSegPredictor(DefaultPredictor):
                  allow_partial_weights: bool = False):
         # DefaultPredictor.__init__ builds and loads in one go with DetectionCheckpointer;
         # this repeats its few set-up steps with our checkpointer instead (no weights are
-        # ever loaded through the unsafe path). __call__ is inherited unchanged.
+        # ever loaded through the unsafe path).
         self.cfg = cfg.clone()  # cfg can be modified by model
         self.model = build_model(self.cfg)
         self.model.eval()
@@ -50,3 +51,8 @@ class DynSegPredictor(DefaultPredictor):
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got {self.input_format!r}")
+
+    def __call__(self, original_image):
+        """``original_image``: an (H, W, 3) uint8 array in ``INPUT.FORMAT`` order; a 16-bit
+        or float array is refused with the conversion to use (it would saturate)."""
+        return super().__call__(check_image_array(original_image))

@@ -76,6 +76,9 @@ def with_full_model_gradient_clipping(
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD over ``model``'s parameters with the paper's per-group settings and clipping."""
+    if cfg.SOLVER.BASE_LR < 0:
+        raise ValueError(f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR} is not allowed: the learning "
+                         "rate must be >= 0 (the paper uses 0.05 for 8 GPUs x 4 images).")
     if cfg.SOLVER.GATE_LR_MULTI <= 0:
         raise ValueError(
             f"SOLVER.GATE_LR_MULTI={cfg.SOLVER.GATE_LR_MULTI} is not allowed: it must be > 0 "

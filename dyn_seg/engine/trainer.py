@@ -26,6 +26,7 @@ from .ddp import create_ddp_model
 from .guards import NonFiniteGuard, NonFiniteLossCheck, explain_non_finite_loss
 from .hooks import StepRateHook, unwrap_model
 from .solver import build_lr_scheduler, build_optimizer
+from .startup_checks import run_startup_checks
 from .tta import SemanticSegmentorWithTTA
 
 __all__ = ["AutocastTrainer", "Trainer", "amp_dtype"]
@@ -199,6 +200,7 @@ class Trainer(DefaultTrainer):
 
     def train(self) -> Optional[Dict]:
         """Train, and return the results of the last evaluation (None without one)."""
+        run_startup_checks(self.cfg, unwrap_model(self.model))  # crop size, FLOPS_ALL
         super().train()
         return getattr(self, "_last_eval_results", None)
 

@@ -11,6 +11,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..config_checks import check_model_config
 from .backbone import DynamicNetwork, RoutingRecord
 from .budget import BudgetConstraint
 from .transforms import FastInference
@@ -66,6 +67,7 @@ class DynamicSemanticSegmentor(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_model_config(cfg)  # NUM_CLASSES, norm names, SyncBN on CPUs
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,

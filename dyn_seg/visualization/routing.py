@@ -33,7 +33,7 @@ from .stats import CellKey, RoutingSpace, RoutingStats, collect_routing_stats
 
 __all__ = [
     "RoutingStats", "collect_routing_stats", "draw_image_route", "draw_routing",
-    "format_gflops", "overlay_route", "render_route",
+    "format_gflops", "min_route_width", "overlay_route", "render_route",
 ]
 
 # viridis reversed (dark = strong activation) without its palest yellow, so that a weak
@@ -265,20 +265,54 @@ def draw_image_route(
     return path_png
 
 
+#: Thumbnail size rules: at least MIN_ROUTE_WIDTH pixels wide and MIN_LAYER_PIXELS per
+#: layer column, so that paths, nodes and the axis labels stay legible.
+MIN_ROUTE_WIDTH = 144
+MIN_LAYER_PIXELS = 12
+_LABEL_LEFT, _LABEL_RIGHT, _LABEL_BOTTOM = 1.3, 0.4, 0.75  # label margins (layer / scale steps)
+
+
+def min_route_width(routing_space: RoutingSpace) -> int:
+    """The narrowest legible route thumbnail (pixels) of a routing space."""
+    init_spec, cell_specs = routing_space
+    return max(MIN_ROUTE_WIDTH, MIN_LAYER_PIXELS * (len(cell_specs) + 3))
+
+
+def _label_route(ax: Axes, stats: RoutingStats, font_px: float, dpi: float) -> None:
+    """Scale labels (1/4 ... 1/32) on the left and layer labels (init, 0, 1, ..., head)
+    along the bottom, spaced so that they never overlap."""
+    size = font_px * 72.0 / dpi
+    head_x, num_scales = stats.num_layers + 1, _num_scales(stats)
+    style = {"fontsize": size, "color": "#333333", "clip_on": False}
+    for s in range(num_scales):
+        ax.text(-0.55, s, f"1/{4 * 2 ** s}", ha="right", va="center", **style)
+    y = num_scales - 0.5 + 0.5 * _LABEL_BOTTOM
+    column_px = ax.figure.get_figwidth() * dpi / (head_x + 1.0 + _LABEL_LEFT + _LABEL_RIGHT)
+    step = max(1, int(np.ceil(2.4 * font_px / column_px)))  # two digits and a gap
+    ax.text(0, y, "init", ha="center", va="center", **style)
+    ax.text(head_x, y, "head", ha="center", va="center", **style)
+    for layer in range(step - 1, stats.num_layers, step):
+        if 2.2 * font_px < min(layer + 1, head_x - layer - 1) * column_px:  # clear of init/head
+            ax.text(layer + 1, y, str(layer), ha="center", va="center", **style)
+
+
 def render_route(
-    alphas: Mapping[CellKey, object], *, routing_space: RoutingSpace, width: int
+    alphas: Mapping[CellKey, object], *, routing_space: RoutingSpace, width: int,
+    labels: bool = True,
 ) -> np.ndarray:
     """One image's route as a small RGB picture, e.g. for a corner of a demo overlay.
 
     Drawn like :func:`draw_image_route`'s route (open paths coloured by their gate
-    activation, closed ones dashed grey, dropped cells in red) without axes, legend or
-    colour bar, on a white background.
+    activation, closed ones dashed grey, dropped cells in red) without legend or colour
+    bar, on a white background; with ``labels`` the scales (1/4 ... 1/32) are named on the
+    left and the layers (init, 0, 1, ..., head) along the bottom.
 
     Args:
         alphas: the image's ``"routing"`` output, {(layer, scale): (num_paths,) activations}.
         routing_space: ``(init_spec, cell_specs)`` of the model.
         width: width of the picture in pixels (>= 16); the height follows from the number
             of layers and scales (about 2.8 layers per scale height).
+        labels: write the axis labels (see :func:`min_route_width` for a legible width).
 
     Returns an (h, width, 3) uint8 RGB array.
     """
@@ -286,12 +320,20 @@ def render_route(
         raise ValueError(f"render_route needs a width of at least 16 pixels, got {width}.")
     stats = collect_routing_stats([{"routing": alphas}], routing_space)
     # one layer step and one scale step each take about 0.45 inch, so diagonals look square
-    fig_w = 0.45 * (stats.num_layers + 3)
-    fig_h = 0.45 * (_num_scales(stats) + 0.2)
+    left, right, bottom = (_LABEL_LEFT, _LABEL_RIGHT, _LABEL_BOTTOM) if labels else (0, 0, 0)
+    fig_w = 0.45 * (stats.num_layers + 3 + left + right)
+    fig_h = 0.45 * (_num_scales(stats) + 0.2 + bottom)
     dpi = width / fig_w
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     _draw_space(ax, stats, single_image=True, size=0.7, decorate=False)
+    if labels:
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        ax.set_xlim(x0 - left, x1 + right)
+        ax.set_ylim(y0 + bottom, y1)
+        column_px = width / (stats.num_layers + 3 + left + right)
+        _label_route(ax, stats, font_px=float(np.clip(0.55 * column_px, 7.0, 11.0)), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgb = np.asarray(canvas.buffer_rgba())[..., :3]
@@ -322,18 +364,21 @@ def overlay_route(
     fraction: float = 0.35,
     margin: int = 4,
 ) -> np.ndarray:
-    """A copy of ``image_rgb`` with the image's route drawn small in its bottom-right corner.
+    """A copy of ``image_rgb`` with the image's route drawn in its bottom-right corner.
 
-    The thumbnail (:func:`render_route`, framed by a 1-pixel dark border) is ``fraction`` of
-    the image width wide, and shrinks to fit when the image is too low for it. An image too
-    small for a 16-pixel-wide thumbnail is returned unchanged.
+    The thumbnail (:func:`render_route` with axis labels, framed by a 1-pixel dark border)
+    is ``fraction`` of the image width wide, but never narrower than
+    :func:`min_route_width` (legible nodes, paths and labels). When it does not fit inside
+    the image, it is drawn in a white band added below the image (and the band is wider
+    than the image if need be): the result is then larger than ``image_rgb``, whose pixels
+    stay unchanged in its top-left corner.
 
     Args:
         image_rgb: (H, W, 3) uint8 image, e.g. a segmentation overlay.
         alphas: the image's ``"routing"`` output, {(layer, scale): (num_paths,) activations}.
         routing_space: ``(init_spec, cell_specs)`` of the model.
         fraction: thumbnail width as a share of the image width, in (0, 1].
-        margin: pixels between the frame and the image's right and bottom edges.
+        margin: pixels between the frame and the image's (or band's) right and bottom edges.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"overlay_route: fraction must be in (0, 1], got {fraction}.")
@@ -341,19 +386,16 @@ def overlay_route(
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"overlay_route expects an (H, W, 3) image, got shape {image.shape}.")
     height, width = image.shape[:2]
-    room_w, room_h = width - 2 * margin - 2, height - 2 * margin - 2  # inside the frame
-    thumb_w = min(round(fraction * width), room_w)
-    if thumb_w < 16 or room_h < 1:
-        return image.copy()
+    thumb_w = max(round(fraction * width), min_route_width(routing_space))
     thumb = render_route(alphas, routing_space=routing_space, width=thumb_w)
-    if thumb.shape[0] > room_h:
-        thumb_w = int(thumb_w * room_h / thumb.shape[0])
-        if thumb_w < 16:
-            return image.copy()
-        thumb = render_route(alphas, routing_space=routing_space, width=thumb_w)[:room_h]
     th, tw = thumb.shape[:2]
-    out = image.copy()
-    y1, x1 = height - margin - 1, width - margin - 1  # inner bottom-right, inside the frame
+    need_h, need_w = th + 2 * margin + 2, tw + 2 * margin + 2  # thumbnail, frame, margins
+    if need_h <= height and need_w <= width:
+        out = image.copy()
+    else:  # too small for a legible route: put it in a band below the image
+        out = np.full((height + need_h, max(width, need_w), 3), 255, np.uint8)
+        out[:height, :width] = image
+    y1, x1 = out.shape[0] - margin - 1, out.shape[1] - margin - 1  # inner bottom-right
     y0, x0 = y1 - th, x1 - tw
     out[y0 - 1:y1 + 1, x0 - 1:x1 + 1] = np.array(to_rgb(NODE_COLOR)) * 255
     out[y0:y1, x0:x1] = thumb
