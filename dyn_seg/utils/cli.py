@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import logging
 import os
 import re
 from typing import List, Optional, Sequence, Tuple
