@@ -115,3 +115,17 @@ def test_sweep_writes_table_and_figure_and_resumes(tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         tool.main(["--config-file", CONFIG, "--points", "raw", "--output", str(out),
                    *TINY, "INPUT.FIX_SIZE_FOR_FLOPS", "[32, 64]"])
+
+
+def test_sweep_config_budget_is_a_share_of_its_own_cells():
+    """MODEL.BUDGET.FLOPS_ALL of the documented sweep's config is its network's all-open
+    cell FLOPs at the training crop, so that MU is a share of those cells."""
+    from detectron2.modeling import build_model
+
+    from dyn_seg import get_dyn_seg_cfg
+    from dyn_seg.modeling.analysis import all_open_flops
+
+    cfg = get_dyn_seg_cfg(CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    cells = all_open_flops(build_model(cfg), tuple(cfg.INPUT.CROP.SIZE))["expected"]
+    assert cfg.MODEL.BUDGET.FLOPS_ALL == pytest.approx(cells, abs=0.05)

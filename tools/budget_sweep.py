@@ -384,8 +384,12 @@ def write_outputs(args, opts, points, runs, flops) -> Dict:
     return table
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict:
+def main(argv: Optional[Sequence[str]] = None, handle_sigterm: bool = False) -> Dict:
+    """Run the sweep; returns the table. ``handle_sigterm``: on SIGTERM (e.g. from a job
+    scheduler) stop the training processes too, as Ctrl-C does."""
     args = argument_parser().parse_args(argv)
+    if handle_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s budget_sweep] %(message)s",
                         datefmt="%H:%M:%S")
     opts = [o for o in args.opts if o != "--"]
@@ -460,6 +464,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 
 if __name__ == "__main__":
-    # SIGTERM (e.g. from a job scheduler) stops the training processes too, as Ctrl-C does
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    main()
+    main(handle_sigterm=True)
