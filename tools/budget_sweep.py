@@ -356,11 +356,12 @@ def plot(rows: Sequence[Dict], flops: Dict, title: str, path: Path) -> None:
         ax.annotate(r["label"], (x, r["mIoU"]), textcoords="offset points", xytext=(5, 6),
                     fontsize=8)
     ax.set_xlim(0, parts["real"] * 1.08)
+    ax.margins(y=0.15)  # room for the labels
     ax.set_xlabel(f"real GFLOPs per image at {flops['size'][0]}x{flops['size'][1]}")
     ax.set_ylabel("mIoU")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(f"{title}\n(bars: the cheapest to the costliest image)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
