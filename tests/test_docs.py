@@ -13,6 +13,8 @@ place that covers it, so that a new command in the docs needs a decision. Not ru
   (``.ci/run``) run them; ``bash scripts/install.sh`` and pip: installation.
 * ``python train_net.py`` (training, ``--eval-only``): tests/test_pipeline_e2e.py,
   tests/test_crash_safety.py, tests/test_determinism.py, tests/test_distributed.py.
+* ``python tools/budget_sweep.py``: tests/test_budget_sweep.py (the documented sweep
+  trains for minutes).
 * ``python tools/visualize_routing.py``: tests/test_visualize_routing.py;
   ``python tools/demo.py``: tests/test_predictor.py; ``python tools/benchmark.py``:
   tests/test_benchmark_tool.py; ``python tools/analyze_model.py`` on other configs:
@@ -47,7 +49,8 @@ MAX_IMAGE_BYTES = 200 * 1024
 EXCLUDED = [re.compile(p) for p in (
     r"^bash scripts/(run_main_job|run_tests|install)\.sh$",
     r"^python train_net\.py (?!--help$)",
-    r"^python tools/(visualize_routing|demo|benchmark|convert_reference_checkpoint)\.py "
+    r"^python tools/(visualize_routing|demo|benchmark|convert_reference_checkpoint|budget_sweep)"
+    r"\.py "
     r"(?!--help$)",
     r"^python tools/analyze_model\.py (?!--help$)(?!.*configs/Synthetic/)",
     r"^python datasets/prepare_(cityscapes|voc)\.py(?! --help$)",
