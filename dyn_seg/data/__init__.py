@@ -6,10 +6,12 @@ Importing this package registers ``voc_2012_sem_seg_{train,val,train_aug}`` (laz
 (``cityscapes_fine_sem_seg_{train,val}``).
 """
 from .check import check_sem_seg_dataset, is_error
+from .imagenet import generate_synthetic_imagenet, register_all_imagenet
 from .synthetic import generate_synthetic_cityscapes
 from .voc import convert_voc_labels, register_all_voc, register_pascal_voc_sem_seg
 
 register_all_voc()
+register_all_imagenet()
 
 __all__ = [
     "check_sem_seg_dataset",
