@@ -27,6 +27,9 @@ REMOVED_KEYS = {
     "training in bfloat16 runs through detectron2's AMPTrainer",
 }
 
+from .modeling.classification import add_classification_config
+from .modeling.context_heads import add_context_head_config
+
 
 def add_dynamic_routing_config(cfg: CN) -> CN:
     """Add every dyn_seg key with its default to ``cfg`` (in place) and return it."""
@@ -131,6 +134,8 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # Also run cityscapesscripts' official evaluation (reported as "cityscapes_sem_seg")
     # beside the mIoU of detectron2's SemSegEvaluator on Cityscapes-type datasets.
     _C.TEST.CITYSCAPES_OFFICIAL_EVAL = True
+    add_context_head_config(_C)  # MODEL.SEM_SEG_HEAD.CONTEXT.*
+    add_classification_config(_C)  # MODEL.CLASSIFIER.*, INPUT.CLASSIFICATION.*
     return cfg
 
 

@@ -6,6 +6,7 @@ import torch
 from detectron2.modeling import build_model
 
 from dyn_seg import model_zoo
+from dyn_seg.modeling.classification import is_classification_config
 
 CONFIGS = model_zoo.list_configs()
 
@@ -37,6 +38,9 @@ def test_config_builds_and_runs(name):
     torch.manual_seed(0)
     model = build_model(cfg)
     image = torch.randint(0, 256, (3, 50, 70)).float()
+    if is_classification_config(cfg):
+        _check_classifier_runs(cfg, model, image)
+        return
     model.eval()
     with torch.no_grad():
         out = model([{"image": image}])[0]
@@ -48,6 +52,17 @@ def test_config_builds_and_runs(name):
     target = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (50, 70))
     losses = model([{"image": image, "sem_seg": target}] * 2)
     assert ("loss_budget" in losses) == cfg.MODEL.BUDGET.CONSTRAIN
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def _check_classifier_runs(cfg, model, image):
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": image}])[0]
+    assert out["scores"].shape == (cfg.MODEL.CLASSIFIER.NUM_CLASSES,)
+    assert out["flops"]["real"] > out["flops"]["expected"] >= 0
+    model.train()
+    losses = model([{"image": image, "label": 1}] * 2)
     assert all(torch.isfinite(v) for v in losses.values())
 
 

@@ -190,6 +190,9 @@ def analyze(cfg: CfgNode, size: Tuple[int, int], weights: str = "", image_path: 
         images = model.preprocess_image(inputs).tensor
         fvcore = fvcore_flops(model, images)
     backbone = model.backbone
+    all_open = {k: v * GIGA_PER_MEGA for k, v in all_open_flops(model, padded).items()}
+    if hasattr(model.sem_seg_head, "context_flops"):  # PSP / ASPP, part of the head
+        all_open["context"] = model.sem_seg_head.context_flops(padded) * GIGA_PER_MEGA
     return {
         "weights": weights or None,
         "input_size": list(size),
@@ -202,7 +205,7 @@ def analyze(cfg: CfgNode, size: Tuple[int, int], weights: str = "", image_path: 
         },
         "analytic_gflops": {
             "rules": "reference: conv + norm + ReLU + pooling; no upsampling, no elementwise",
-            "all_open": {k: v * GIGA_PER_MEGA for k, v in all_open_flops(model, padded).items()},
+            "all_open": all_open,
             "forward": {
                 "image": image_path or "random",
                 "real": output["flops"]["real"],
@@ -225,6 +228,10 @@ def format_table(report: Dict) -> str:
         ["", "  gates", a["all_open"]["gates"]],
         ["", "  stem", a["all_open"]["stem"]],
         ["", "  head", a["all_open"]["head"]],
+    ]
+    if "context" in a["all_open"]:
+        flops.append(["", "    context module (in head)", a["all_open"]["context"]])
+    flops += [
         [f"analytic, forward ({a['forward']['image']})", "expected", a["forward"]["expected"]],
         ["", "real", a["forward"]["real"]],
         ["fvcore, same forward", "total", f["total"]],

@@ -16,8 +16,14 @@ from torch import nn
 
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.config import validate_config
+from dyn_seg.data.imagenet import (
+    build_classification_test_loader,
+    build_classification_train_loader,
+)
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.evaluation import build_sem_seg_evaluator
+from dyn_seg.evaluation.classification import build_classification_evaluator
+from dyn_seg.modeling.classification import is_classification_config
 from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
 
 from .augmentation import build_train_augmentations
@@ -232,6 +238,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
+        if is_classification_config(cfg):  # image-level labels: crops, flips, no masks
+            return build_classification_train_loader(cfg)
         mapper = DynSegDatasetMapper(
             cfg, is_train=True, augmentations=build_train_augmentations(cfg)
         )
@@ -239,6 +247,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        if is_classification_config(cfg):
+            return build_classification_test_loader(cfg, dataset_name)
         return build_detection_test_loader(
             cfg, dataset_name, mapper=DynSegDatasetMapper(cfg, is_train=False)
         )
@@ -247,6 +257,8 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        if is_classification_config(cfg):  # top-1 / top-5 and FLOPs
+            return build_classification_evaluator(cfg, dataset_name, output_folder)
         return build_sem_seg_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod

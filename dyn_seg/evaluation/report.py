@@ -34,6 +34,9 @@ def _summarize_tasks(tasks: Mapping[str, Mapping[str, float]], suffix: str) -> s
     official = tasks.get("cityscapes_sem_seg" + suffix, {})
     if "IoU" in official:
         parts.append(f"Cityscapes IoU {official['IoU']:.2f}")
+    classification = tasks.get("classification" + suffix, {})
+    if "top1" in classification:
+        parts.append(f"top-1 {classification['top1']:.2f} | top-5 {classification['top5']:.2f}")
     routing = tasks.get("routing" + suffix, {})
     for kind in ("real", "expected"):
         key = f"GFLOPs_{kind}"

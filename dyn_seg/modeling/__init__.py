@@ -2,6 +2,8 @@
 from .backbone import DynamicNetwork, RoutingRecord, build_dynamic_routing_backbone
 from .budget import BudgetConstraint, budget_loss
 from .cell import GATE_EPS, RoutingCell
+from .classification import DynamicClassifier  # noqa: F401  (registration)
+from .context_heads import DynamicContextSemSegHead  # noqa: F401  (registration)
 from .gate import SoftGate
 from .meta_arch import DynamicSemanticSegmentor
 from .ops import CELL_OPERATIONS, known_operations

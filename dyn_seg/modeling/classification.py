@@ -1,0 +1,217 @@
+"""Image classification over the routing space (ImageNet pretraining of the backbone).
+
+:class:`DynamicClassifier` puts a global-pool + linear head on the same backbone as the
+segmentor (``build_backbone(cfg)``, kept under the name ``backbone``), so its checkpoint
+initialises a segmentation model through ``MODEL.WEIGHTS`` directly: every ``backbone.*``
+parameter matches, and what the classifier lacks (gates when it was trained as
+Network-Fix, the decoder) starts fresh and is listed by detectron2's checkpointer.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from .backbone import DynamicNetwork, RoutingRecord
+from .budget import budget_loss
+from .flops import MEGA, scale_size
+from .meta_arch import BudgetConfig
+
+__all__ = [
+    "DynamicClassifier",
+    "GlobalPoolClassificationHead",
+    "add_classification_config",
+    "is_classification_config",
+]
+
+#: Meta-architectures trained on image-level labels (their data, mapper and evaluator
+#: differ from segmentation's).
+CLASSIFICATION_META_ARCHITECTURES = ("DynamicClassifier",)
+
+
+def is_classification_config(cfg: CN) -> bool:
+    """Whether ``cfg`` builds a classification model (``MODEL.META_ARCHITECTURE``)."""
+    return cfg.MODEL.META_ARCHITECTURE in CLASSIFICATION_META_ARCHITECTURES
+
+
+def add_classification_config(cfg: CN) -> CN:
+    """Keys of the classification meta-architecture and its data, in place."""
+    cfg.MODEL.CLASSIFIER = CN()
+    # Number of classes (1000 for ImageNet-1k).
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    # Backbone features that are globally average-pooled and concatenated before the linear
+    # classifier; the coarsest (stride 32) one by default.
+    cfg.MODEL.CLASSIFIER.IN_FEATURES = ["layer_3"]
+    cfg.INPUT.CLASSIFICATION = CN()
+    # Training: random resized crop to CROP_SIZE x CROP_SIZE covering MIN_SCALE..1 of the
+    # image area (aspect ratio 3/4..4/3), then a horizontal flip with probability 0.5.
+    cfg.INPUT.CLASSIFICATION.CROP_SIZE = 224
+    cfg.INPUT.CLASSIFICATION.MIN_SCALE = 0.08
+    # Testing: resize the short edge to TEST_RESIZE, then a centre crop of CROP_SIZE.
+    cfg.INPUT.CLASSIFICATION.TEST_RESIZE = 256
+    return cfg
+
+
+class GlobalPoolClassificationHead(nn.Module):
+    """Global average pooling of each feature in ``in_features``, concatenated, then a
+    linear layer: features -> (N, num_classes) logits. A missing (None) feature pools to
+    zeros (nothing reached that scale)."""
+
+    def __init__(self, input_shape: Dict[str, ShapeSpec], in_features: Sequence[str],
+                 num_classes: int):
+        super().__init__()
+        missing = [f for f in in_features if f not in input_shape]
+        if missing or not in_features:
+            raise ValueError(
+                f"MODEL.CLASSIFIER.IN_FEATURES={list(in_features)} must name one or more "
+                f"backbone features; available: {sorted(input_shape)}."
+            )
+        if num_classes < 2:
+            raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES={num_classes} must be >= 2.")
+        self.in_features = list(in_features)
+        self.channels = [input_shape[f].channels for f in self.in_features]
+        self.strides = [input_shape[f].stride for f in self.in_features]
+        self.linear = nn.Linear(sum(self.channels), num_classes)
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        ref = next(f for f in features.values() if f is not None)
+        pooled = []
+        for name, c in zip(self.in_features, self.channels):
+            x = features.get(name)
+            pooled.append(ref.new_zeros(ref.shape[0], c) if x is None else x.mean(dim=(2, 3)))
+        return self.linear(torch.cat(pooled, dim=1))
+
+    def flops(self, features: Dict[str, Optional[torch.Tensor]], size: Tuple[int, int]) -> float:
+        """MFLOPs at counting size ``size``: pooling (H*W*C per present feature) and the
+        linear layer (bias not counted)."""
+        total = 0.0
+        for name, c, s in zip(self.in_features, self.channels, self.strides):
+            if features.get(name) is not None:
+                h, w = scale_size(size, s)
+                total += h * w * c
+        total += self.linear.in_features * self.linear.out_features
+        return total / MEGA
+
+
+@META_ARCH_REGISTRY.register()
+class DynamicClassifier(nn.Module):
+    """Image classification with a routed backbone.
+
+    Inputs: dicts with ``"image"`` (3, H, W) BGR and, for training, ``"label"`` (int).
+    Training returns ``{"loss_cls", "loss_budget" (when active)}``; inference returns per
+    image ``{"scores": (K,) logits, "flops": {"real", "expected"} GFLOPs, "routing":
+    {(layer, scale): gate activations}}``. ``MODEL.GATE.GATE_ON False`` gives the paper's
+    Network-Fix; with gates, ``MODEL.BUDGET.*`` adds the same budget loss as segmentation.
+    """
+
+    @configurable
+    def __init__(self, *, backbone: DynamicNetwork, head: GlobalPoolClassificationHead,
+                 pixel_mean: Tuple[float, ...], pixel_std: Tuple[float, ...],
+                 budget: Optional[BudgetConfig] = None, cal_flops: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.cls_head = head
+        self.budget = budget or BudgetConfig()
+        self.cal_flops = cal_flops
+        if self.budget.constrain and not cal_flops:
+            raise ValueError(
+                "MODEL.BUDGET.CONSTRAIN=True needs MODEL.CAL_FLOPS=True (the budget loss is a "
+                "function of the expected FLOPs)."
+            )
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.step_rate = 0.0  # training progress in [0, 1], set by a trainer hook
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        if not isinstance(backbone, DynamicNetwork):
+            raise ValueError(
+                f"MODEL.META_ARCHITECTURE=DynamicClassifier needs the Dynamic Routing backbone "
+                f"(MODEL.BACKBONE.NAME build_dynamic_routing_backbone), got "
+                f"{cfg.MODEL.BACKBONE.NAME}."
+            )
+        b = cfg.MODEL.BUDGET
+        return {
+            "backbone": backbone,
+            "head": GlobalPoolClassificationHead(
+                backbone.output_shape(), cfg.MODEL.CLASSIFIER.IN_FEATURES,
+                cfg.MODEL.CLASSIFIER.NUM_CLASSES,
+            ),
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "budget": BudgetConfig(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL,
+                                   b.UNUPDATE_RATE, b.WARM_UP),
+            "cal_flops": cfg.MODEL.CAL_FLOPS,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
+                  for x in batched_inputs]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        self.backbone.step_rate = float(self.step_rate)
+        features, routing = self.backbone.forward_with_routing(images.tensor)
+        logits = self.cls_head(features)
+        if self.training:
+            if "label" not in batched_inputs[0]:
+                raise ValueError("Training inputs need a 'label' (the class index, an int).")
+            labels = torch.as_tensor([int(x["label"]) for x in batched_inputs],
+                                     device=logits.device)
+            losses = {"loss_cls": F.cross_entropy(logits.float(), labels)}
+            if self.budget.constrain:
+                loss = budget_loss(
+                    routing.expected_flops, flops_all=self.budget.flops_all, mu=self.budget.mu,
+                    loss_weight=self.budget.loss_weight, step_rate=self.step_rate,
+                    unupdate_rate=self.budget.unupdate_rate, warm_up=self.budget.warm_up,
+                )
+                if loss is not None:
+                    losses["loss_budget"] = loss
+            self._log_flops(features, routing, images.tensor)
+            return losses
+
+        real, expected = self.image_flops(features, routing, images.tensor)
+        results = []
+        for i in range(len(batched_inputs)):
+            out = {"scores": logits[i]}
+            if self.cal_flops:
+                out["flops"] = {"real": float(real[i]) * 1e-3,
+                                "expected": float(expected[i]) * 1e-3}
+            out["routing"] = {key: cell.alpha[i].detach() for key, cell in routing.cells.items()
+                              if cell.alpha is not None}
+            results.append(out)
+        return results
+
+    def image_flops(self, features, routing: RoutingRecord, images: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-image (real, expected) MFLOPs: real = cells + stem + head, expected = cells."""
+        size = self.backbone.counting_size(images)
+        real = routing.real_flops + routing.stem_flops + self.cls_head.flops(features, size)
+        return real.detach(), routing.expected_flops.detach()
+
+    def _log_flops(self, features, routing: RoutingRecord, images: torch.Tensor) -> None:
+        if not self.cal_flops:
+            return
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # no storage outside a trainer
+            return
+        real, expected = self.image_flops(features, routing, images)
+        storage.put_scalars(**{"flops/real_gflops": float(real.mean()) * 1e-3,
+                               "flops/expected_gflops": float(expected.mean()) * 1e-3})
