@@ -176,14 +176,10 @@ class DynamicContextSemSegHead(DynamicSemSegHead):
             return features
         return {**features, coarsest: self.context(x)}
 
-    def forward(self, features, targets: Optional[torch.Tensor] = None
-                ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
-        logits = decode(self.with_context(features), self.in_features, self.decoders,
-                        self.predictor)
-        logits = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
-        if self.training:
-            return None, self.losses(logits, targets)
-        return logits, {}
+    def stride4_logits(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        """Logits at stride 4: the plain decoder over the features with context."""
+        return decode(self.with_context(features), self.in_features, self.decoders,
+                      self.predictor)
 
     def context_flops(self, size: Tuple[int, int]) -> float:
         """MFLOPs of the context module at counting size ``size`` (when it runs)."""
@@ -192,10 +188,8 @@ class DynamicContextSemSegHead(DynamicSemSegHead):
             return self.context.flops(h, w) / MEGA
         return aspp_flops(self.context, self.context_channels, h, w, self.norm) / MEGA
 
-    def flops(self, features: Dict[str, Optional[torch.Tensor]], size: Tuple[int, int]) -> float:
-        """The decoder's MFLOPs plus the context module's when the coarsest feature ran."""
-        total = super().flops(features, size)
-        if features.get(self.in_features[-1]) is not None:
-            total += self.context_flops(size)
-        return total
-
+    def flops(self, size: Tuple[int, int]) -> float:
+        """The decoder's MFLOPs plus the context module's: one constant per counting size,
+        as the decoder's (the context module is counted even for an image whose coarsest
+        feature was never computed)."""
+        return super().flops(size) + self.context_flops(size)
