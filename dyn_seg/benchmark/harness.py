@@ -52,6 +52,8 @@ INFERENCE_MODES: Dict[str, Optional[InferenceOptions]] = {
     "fast": InferenceOptions(),
     "fast-bf16": InferenceOptions(bf16=True),
     "fast-compile": InferenceOptions(compile="inductor"),
+    # CUDA graphs: one graph per static module and input shape (sub-batch size)
+    "fast-compile-graphs": InferenceOptions(compile="inductor", compile_mode="reduce-overhead"),
 }
 # (transforms, bfloat16 autocast as detectron2's AMPTrainer runs it)
 TRAINING_MODES: Dict[str, Tuple[TrainingOptions, bool]] = {

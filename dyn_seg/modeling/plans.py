@@ -182,6 +182,12 @@ class _FastOutputs:
 
 
 def _index(rows: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Batch indices ``rows`` as a tensor on ``like``'s device."""
+    if like.device.type == "cuda":
+        # from pinned memory, asynchronously: a plain host-to-device copy would make the
+        # host wait for the device once per sub-batch (the plan allows one wait per layer)
+        host = torch.tensor(list(rows), dtype=torch.long, pin_memory=True)
+        return host.to(like.device, non_blocking=True)
     return torch.tensor(list(rows), dtype=torch.long, device=like.device)
 
 
