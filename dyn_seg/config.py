@@ -14,6 +14,12 @@ from detectron2.config import CfgNode as CN
 def add_dynamic_routing_config(cfg: CN) -> CN:
     """Add every dyn_seg key with its default to ``cfg`` (in place) and return it."""
     _C = cfg
+    # Keys of detectron2's Panoptic-DeepLab project (MODEL.INS_EMBED_HEAD, MODEL.PANOPTIC_DEEPLAB,
+    # INPUT.GAUSSIAN_SIGMA, ...), read by DynamicPanopticDeepLab (dyn_seg.modeling.panoptic).
+    if "INS_EMBED_HEAD" not in _C.MODEL:
+        from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
+
+        add_panoptic_deeplab_config(_C)
 
     _C.MODEL.BACKBONE.NAME = "build_dynamic_routing_backbone"
     # Operations summed inside every cell (see dyn_seg.modeling.ops for the known names).

@@ -18,6 +18,12 @@ from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.evaluation import build_sem_seg_evaluator
 from dyn_seg.fast import TrainingOptions, prepare_for_training
+from dyn_seg.tasks import (
+    build_task_evaluator,
+    build_task_test_loader,
+    build_task_train_loader,
+    task_of,
+)
 
 from .augmentation import build_train_augmentations
 from .ddp import create_ddp_model
@@ -128,6 +134,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
+        if task_of(cfg) != "semantic":  # panoptic / instance: detectron2's mappers
+            return build_task_train_loader(cfg)
         mapper = DynSegDatasetMapper(
             cfg, is_train=True, augmentations=build_train_augmentations(cfg)
         )
@@ -135,6 +143,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        if task_of(cfg) != "semantic":
+            return build_task_test_loader(cfg, dataset_name)
         return build_detection_test_loader(
             cfg, dataset_name, mapper=DynSegDatasetMapper(cfg, is_train=False)
         )
@@ -143,6 +153,8 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        if task_of(cfg) != "semantic":
+            return build_task_evaluator(cfg, dataset_name, output_folder)
         return build_sem_seg_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod

@@ -21,3 +21,7 @@ __all__ = [
     "build_routing_space",
     "known_operations",
 ]
+
+from .panoptic import DynamicPanopticDeepLab  # noqa: E402  (registers the meta-architecture)
+
+__all__ += ["DynamicPanopticDeepLab"]
