@@ -25,3 +25,6 @@ __all__ = [
 from .panoptic import DynamicPanopticDeepLab  # noqa: E402  (registers the meta-architecture)
 
 __all__ += ["DynamicPanopticDeepLab"]
+from .rcnn import DynamicRCNN, build_dynamic_routing_fpn_backbone  # noqa: E402
+
+__all__ += ["DynamicRCNN", "build_dynamic_routing_fpn_backbone"]

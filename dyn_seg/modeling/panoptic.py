@@ -8,7 +8,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.panoptic_deeplab import PanopticDeepLab
 from torch import nn
 
-from .routed import RoutedMetaArchMixin, count_module_mflops
+from .routed import RoutedMetaArchMixin, budget_from_config, count_module_mflops
 
 __all__ = ["DynamicPanopticDeepLab"]
 
@@ -43,7 +43,7 @@ class DynamicPanopticDeepLab(RoutedMetaArchMixin, PanopticDeepLab):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.setup_routing(cfg)
+        self.setup_routing(budget_from_config(cfg), cfg.MODEL.CAL_FLOPS)
         self._head_flops: Dict[Tuple[int, int], float] = {}
 
     def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],

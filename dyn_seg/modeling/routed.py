@@ -114,16 +114,16 @@ def count_module_mflops(module: nn.Module, inputs: Tuple) -> float:
 
 class RoutedMetaArchMixin:
     """Mix into a detectron2 meta-architecture (before it in the bases) whose backbone
-    contains a :class:`DynamicNetwork`; call :meth:`setup_routing` at the end of
-    ``__init__``. Subclasses implement :meth:`head_mflops`.
+    contains a :class:`DynamicNetwork`; call :meth:`setup_routing` (with
+    :func:`budget_from_config` and ``MODEL.CAL_FLOPS``) at the end of ``__init__``. Subclasses implement :meth:`head_mflops`.
 
     ``step_rate`` (training progress in [0, 1], set by the trainer's ``StepRateHook``)
     drives drop path and the budget loss's start and warm-up, as for the semantic segmentor.
     """
 
-    def setup_routing(self, cfg) -> None:
-        self.budget = budget_from_config(cfg)
-        self.cal_flops = cfg.MODEL.CAL_FLOPS
+    def setup_routing(self, budget: BudgetConfig, cal_flops: bool = True) -> None:
+        self.budget = budget
+        self.cal_flops = cal_flops
         if self.budget.constrain and not self.cal_flops:
             raise ValueError(
                 "MODEL.BUDGET.CONSTRAIN=True needs MODEL.CAL_FLOPS=True (the budget loss is a "
