@@ -36,6 +36,7 @@ from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.visualization import overlay_route
 from dyn_seg.visualization.stats import RoutingSpace
+from dyn_seg.visualization.tasks import has_task_output, render_task_prediction, task_metadata
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -174,6 +175,7 @@ def segment(predictor: DefaultPredictor, image_bgr: np.ndarray) -> Tuple[np.ndar
 def routing_space(predictor: DefaultPredictor) -> RoutingSpace:
     """``(init_spec, cell_specs)`` of the predictor's Dynamic Routing backbone."""
     backbone = predictor.model.backbone
+    backbone = getattr(backbone, "bottom_up", backbone)  # the routed network under an FPN
     if not hasattr(backbone, "cell_specs"):
         raise ValueError(
             f"--show-route needs a Dynamic Routing backbone; MODEL.BACKBONE.NAME builds "
@@ -192,14 +194,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.output, exist_ok=True)
     for path in tqdm.tqdm(paths, desc="demo", unit="img", file=sys.stderr):
         image = read_image(path, format="BGR")
-        labels, prediction = segment(predictor, image)
+        prediction = predictor(image)
         flops = prediction.get("flops", {})
         text = None
         if args.show_flops and "real" in flops:
             text = f"{flops['real']:.3f} GFLOPs"
         route = (prediction["routing"], space) if space is not None else None
-        overlay = render(image, labels, metadata, alpha=args.alpha, text=text, route=route,
-                         route_size=args.route_size)
+        if has_task_output(prediction):  # panoptic or instance segmentation
+            overlay = render_task_prediction(image, prediction, task_metadata(cfg),
+                                             alpha=args.alpha, text=text)
+            if route is not None:
+                overlay = overlay_route(overlay, route[0], routing_space=space,
+                                        fraction=args.route_size)
+        else:
+            labels = prediction["sem_seg"].argmax(dim=0).cpu().numpy()
+            overlay = render(image, labels, metadata, alpha=args.alpha, text=text,
+                             route=route, route_size=args.route_size)
         out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         Image.fromarray(overlay).save(out_path)
         gflops = f", {flops['real']:.3f} real GFLOPs" if "real" in flops else ""
