@@ -10,7 +10,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_CONFIGS = sorted(
-    [str(p.relative_to(REPO)) for p in (REPO / "configs").glob("Cityscapes-*Segmentation/*.yaml")]
+    [str(p.relative_to(REPO)) for p in (REPO / "configs").glob("Cityscapes-*Segmentation/*.yaml")
+     if not p.name.startswith("Base-")]
     + ["configs/Synthetic/PanopticDeepLab-Tiny.yaml",
        "configs/Synthetic/PanopticDeepLab-Tiny-Budget.yaml",
        "configs/Synthetic/MaskRCNN-Tiny.yaml",
