@@ -98,8 +98,9 @@ def build_task_evaluator(cfg: CfgNode, dataset_name: str,
             )
         os.makedirs(output_folder, exist_ok=True)
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True,
-                                          output_dir=output_folder,
+        # no output_dir: its JSON export maps classes through the stuff-only id table of
+        # panoptic metadata, which lacks the thing classes
+        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=None,
                                           sem_seg_loading_fn=load_sem_seg_label))
         if evaluator_type == "cityscapes_panoptic_seg":
             evaluators.append(CityscapesInstanceEvaluator(dataset_name))
