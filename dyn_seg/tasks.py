@@ -37,6 +37,7 @@ from dyn_seg.evaluation.build import load_sem_seg_label
 from dyn_seg.evaluation.routing import RoutingEvaluator
 
 __all__ = [
+    "PanopticSemSegEvaluator",
     "PANOPTIC_META_ARCHS",
     "INSTANCE_META_ARCHS",
     "build_task_evaluator",
@@ -47,6 +48,19 @@ __all__ = [
 
 PANOPTIC_META_ARCHS = ("DynamicPanopticDeepLab",)
 INSTANCE_META_ARCHS = ("DynamicRCNN",)
+
+
+class PanopticSemSegEvaluator(SemSegEvaluator):
+    """``SemSegEvaluator`` (mIoU) on a panoptic dataset. Panoptic metadata splits the
+    dataset-id table into stuff and things; the semantic predictions hold both, so both
+    tables map contiguous ids back to dataset ids (the stuff one alone fails on things)."""
+
+    def __init__(self, dataset_name: str, **kwargs):
+        super().__init__(dataset_name, **kwargs)
+        meta = MetadataCatalog.get(dataset_name)
+        table = {**meta.get("stuff_dataset_id_to_contiguous_id", {}),
+                 **meta.get("thing_dataset_id_to_contiguous_id", {})}
+        self._contiguous_id_to_dataset_id = {v: k for k, v in table.items()} or None
 
 
 def task_of(cfg: CfgNode) -> str:
@@ -98,10 +112,9 @@ def build_task_evaluator(cfg: CfgNode, dataset_name: str,
             )
         os.makedirs(output_folder, exist_ok=True)
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-        # no output_dir: its JSON export maps classes through the stuff-only id table of
-        # panoptic metadata, which lacks the thing classes
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=None,
-                                          sem_seg_loading_fn=load_sem_seg_label))
+        evaluators.append(PanopticSemSegEvaluator(dataset_name, distributed=True,
+                                                  output_dir=output_folder,
+                                                  sem_seg_loading_fn=load_sem_seg_label))
         if evaluator_type == "cityscapes_panoptic_seg":
             evaluators.append(CityscapesInstanceEvaluator(dataset_name))
     elif task == "instance":
