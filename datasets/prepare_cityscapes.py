@@ -1,10 +1,16 @@
 #!/usr/bin/env python
-"""Create Cityscapes' ``*_gtFine_labelTrainIds.png`` files, which detectron2 trains on.
+"""Create the Cityscapes files that detectron2 trains on but the download lacks.
 
-Runs cityscapesscripts' ``createTrainIdLabelImgs`` on ROOT/cityscapes (it rasterises every
-``gtFine/*/*/*_gtFine_polygons.json`` with the train-id mapping of cityscapesscripts'
-``labels.py``). ROOT defaults to $DETECTRON2_DATASETS, else ``datasets``. Needed once after
-downloading the real dataset; the synthetic generator already writes these files.
+1. ``*_gtFine_labelTrainIds.png`` (semantic segmentation): cityscapesscripts'
+   ``createTrainIdLabelImgs`` rasterises every ``gtFine/*/*/*_gtFine_polygons.json`` with the
+   train-id mapping of cityscapesscripts' ``labels.py``.
+2. ``gtFine/cityscapes_panoptic_{train,val}.json`` and ``gtFine/cityscapes_panoptic_{train,val}/``
+   (panoptic segmentation, read by ``cityscapes_fine_panoptic_*``): cityscapesscripts'
+   ``createPanopticImgs`` converts the ``*_gtFine_instanceIds.png`` files.
+
+ROOT defaults to $DETECTRON2_DATASETS, else ``datasets``. Needed once after downloading the
+real dataset; the synthetic generator already writes all of these files (running this
+script on generated data rewrites the same files).
 """
 from __future__ import annotations
 
@@ -23,6 +29,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--root",
         default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
         help="dataset root holding cityscapes/ (default: $DETECTRON2_DATASETS, else datasets)",
+    )
+    parser.add_argument(
+        "--skip-panoptic",
+        action="store_true",
+        help="only create the labelTrainIds files, not the panoptic ground truth",
     )
     return parser.parse_args(argv)
 
@@ -49,6 +60,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     createTrainIdLabelImgs.main()
     print(f"\nWrote labelTrainIds under {gt_dir}")
+    if not args.skip_panoptic:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from dyn_seg.data.panoptic import create_cityscapes_panoptic
+
+        try:
+            written = create_cityscapes_panoptic(cs_root)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(f"Wrote {path} and its PNG folder")
     return 0
 
 

@@ -37,6 +37,12 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # SOLVER.POLY_LR_POWER / POLY_LR_CONSTANT_ENDING of detectron2's DeepLab project, whose
     # WarmupPolyLR schedule (SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR") the trainer uses.
     add_deeplab_config(_C)
+    # Keys of detectron2's Panoptic-DeepLab project (MODEL.INS_EMBED_HEAD, MODEL.PANOPTIC_DEEPLAB,
+    # INPUT.GAUSSIAN_SIGMA, ...), read by DynamicPanopticDeepLab (dyn_seg.modeling.panoptic).
+    if "INS_EMBED_HEAD" not in _C.MODEL:
+        from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
+
+        add_panoptic_deeplab_config(_C)
 
     # Operations summed inside every cell (see dyn_seg.modeling.ops for the known names).
     _C.MODEL.BACKBONE.CELL_TYPE = ["sep_conv_3x3", "skip_connect"]

@@ -132,6 +132,23 @@ else
     printf '%s\n' "$stamp" > "$stamp_file"
 fi
 
+# --- panoptic and instance segmentation ------------------------------------------------
+# detectron2's Cityscapes instance loader imports shapely; its COCOPanopticEvaluator imports
+# panopticapi, which the pure-Python panopticapi-lite package provides. panopticapi-lite's
+# metadata pins numpy<2 (its code runs on numpy 2), so it is installed without dependencies.
+if "$PY" -c 'import shapely' 2>/dev/null; then
+    log "shapely already installed"
+else
+    log "installing shapely"
+    pip_install shapely
+fi
+if "$PY" -c 'import panopticapi.evaluation' 2>/dev/null; then
+    log "panopticapi already installed"
+else
+    log "installing panopticapi-lite (provides panopticapi; without its numpy<2 pin)"
+    pip_install --no-deps panopticapi-lite
+fi
+
 # --- check and report ------------------------------------------------------------------
 "$PY" - <<'PY' || die "the installed stack does not import; see the error above"
 import importlib.metadata as md
@@ -147,6 +164,8 @@ import detectron2
 from detectron2.modeling import build_model  # noqa: F401
 import cityscapesscripts  # noqa: F401
 from cityscapesscripts.helpers import labels  # noqa: F401
+import shapely  # noqa: F401
+import panopticapi.evaluation  # noqa: F401
 
 
 def version(dist):
@@ -167,6 +186,8 @@ rows = [
     ("numpy", numpy.__version__),
     ("cityscapesscripts", version("cityscapesscripts")),
     ("fvcore", version("fvcore")),
+    ("shapely", version("shapely")),
+    ("panopticapi-lite", version("panopticapi-lite")),
     ("dyn_seg", version("dyn_seg")),
 ]
 for name, value in rows:

@@ -109,7 +109,7 @@ def test_label_values(synth_root: Path):
             train_id = id2label[int(label_id)].trainId
             expected = train_id if 0 <= train_id < 255 else 255
             assert np.all(train_ids[label_ids == label_id] == expected)
-        # instance ids: id * 1000 + k for cars and persons, the label id elsewhere
+        # instance ids: id * 1000 + k for objects of thing classes, the label id elsewhere
         inst_ids = inst_ids.astype(np.int64)
         is_inst = inst_ids >= 1000
         assert np.array_equal(inst_ids[is_inst] // 1000, label_ids[is_inst])

@@ -49,6 +49,7 @@ from dyn_seg.utils.cli import build_predictor as _build_predictor
 from dyn_seg.visualization import overlay_route
 from dyn_seg.visualization.overlay import SegmentationVisualizer
 from dyn_seg.visualization.stats import RoutingSpace
+from dyn_seg.visualization.tasks import has_task_output, render_task_prediction, task_metadata
 
 OUTPUT_FORMATS = ("overlay", "trainIds", "labelIds")
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
@@ -204,13 +205,16 @@ def segment(predictor: DefaultPredictor, image_bgr: np.ndarray) -> Tuple[np.ndar
     """Class map (H, W) of a BGR image at its own size, and the model's inference output
     (``"flops"``, ``"routing"``, ...) for it."""
     prediction = predictor(image_bgr)
-    labels = prediction["sem_seg"].argmax(dim=0).cpu().numpy()
+    labels = None
+    if "sem_seg" in prediction:  # instance models have no class map
+        labels = prediction["sem_seg"].argmax(dim=0).cpu().numpy()
     return labels, prediction
 
 
 def routing_space(predictor: DefaultPredictor) -> RoutingSpace:
     """``(init_spec, cell_specs)`` of the predictor's Dynamic Routing backbone."""
     backbone = predictor.model.backbone
+    backbone = getattr(backbone, "bottom_up", backbone)  # the routed network under an FPN
     if not hasattr(backbone, "cell_specs"):
         raise ValueError(
             f"--show-route needs a Dynamic Routing backbone; MODEL.BACKBONE.NAME builds "
@@ -252,8 +256,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.show_flops and "real" in flops:
                 text = f"{flops['real']:.3f} GFLOPs"
             route = (prediction["routing"], space) if space is not None else None
-            picture = render(image, labels, metadata, alpha=args.alpha, text=text,
-                             route=route, route_size=args.route_size)
+            if has_task_output(prediction):  # panoptic or instance segmentation
+                picture = render_task_prediction(image, prediction, task_metadata(cfg),
+                                                 alpha=args.alpha, text=text)
+                if route is not None:
+                    picture = overlay_route(picture, route[0], routing_space=space,
+                                            fraction=args.route_size)
+            else:
+                picture = render(image, labels, metadata, alpha=args.alpha, text=text,
+                                 route=route, route_size=args.route_size)
         os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
         Image.fromarray(picture).save(out_path)
         gflops = f", {flops['real']:.3f} real GFLOPs" if "real" in flops else ""

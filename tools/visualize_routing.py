@@ -156,6 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     paths = list_images(args)
     predictor = build_predictor(cfg, args.weights, args.seed, args.allow_partial_weights)
     backbone = predictor.model.backbone
+    backbone = getattr(backbone, "bottom_up", backbone)  # the routed network under an FPN
     space = (backbone.init_spec, backbone.cell_specs)
     stats = RoutingStats(space)
     os.makedirs(args.output, exist_ok=True)

@@ -2,7 +2,8 @@
 
 The real Cityscapes dataset needs a login to download. This module draws simple,
 perspective-consistent street scenes (sky, buildings with windows, road with lane markings,
-sidewalks, terrain, trees, poles with traffic signs and lights, cars and pedestrians) and
+sidewalks, terrain, trees, poles with traffic signs and lights, cars, pedestrians and cyclists
+(a rider on a bicycle)) and
 writes them the way Cityscapes ships them, so that detectron2's builtin
 ``cityscapes_fine_sem_seg_{train,val}`` datasets and the Cityscapes evaluator read them
 unchanged::
@@ -13,6 +14,14 @@ unchanged::
                                             ..._gtFine_instanceIds.png
                                             ..._gtFine_color.png
                                             ..._gtFine_polygons.json
+    ROOT/cityscapes/gtFine/cityscapes_panoptic_{train,val}.json   (+ the PNG folders)
+
+Every object of a thing class (car, person, rider, bicycle) is its own instance: its pixels
+in ``instanceIds`` are ``labelId * 1000 + k`` and it is one polygon in ``polygons.json``.
+The panoptic files are made from the instance ids by cityscapesscripts'
+``createPanopticImgs`` (:mod:`dyn_seg.data.panoptic`), so that detectron2's builtin
+``cityscapes_fine_panoptic_{train,val}`` and ``cityscapes_fine_instance_seg_{train,val}``
+datasets read the generated data as well.
 
 Every scene is described as a list of labelled polygons drawn in order (later polygons cover
 earlier ones, as in Cityscapes' own annotations). The label images are rasterised from those
@@ -46,7 +55,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the drawn scenes change, so that stale data is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Written last into ``ROOT/cityscapes``; its presence marks a complete generation.
 MARKER_NAME = ".synthetic_cityscapes.json"
 #: Two made-up cities per split (Cityscapes file names forbid ``_`` in city names).
@@ -66,7 +75,9 @@ SYNTHETIC_CLASSES: Tuple[str, ...] = (
     "terrain",
     "sky",
     "person",
+    "rider",
     "car",
+    "bicycle",
 )
 
 _SPLIT_CODES = {"train": 0, "val": 1}
@@ -149,6 +160,8 @@ _SIGN = (232.0, 200.0, 22.0)
 _LIGHT_HOUSING = (38.0, 36.0, 30.0)
 _SHIRTS = ((200.0, 40.0, 62.0), (232.0, 120.0, 30.0), (150.0, 52.0, 162.0))
 _CARS = ((32.0, 44.0, 165.0), (22.0, 24.0, 104.0), (40.0, 90.0, 170.0))
+_RIDER_JACKETS = ((236.0, 226.0, 40.0), (40.0, 196.0, 200.0))
+_BICYCLE = (150.0, 20.0, 52.0)
 _EGO = (40.0, 40.0, 46.0)
 
 
@@ -246,7 +259,7 @@ def _make_scene(rng: np.random.Generator, height: int, width: int) -> List[_Shap
     # far ones are drawn first so that near ones cover them.
     objects: List[Tuple[float, str]] = []
     for kind, count in (("pole", rng.integers(1, 4)), ("car", rng.integers(0, 5)),
-                        ("person", rng.integers(0, 5))):
+                        ("person", rng.integers(0, 5)), ("rider", rng.integers(0, 3))):
         for _ in range(int(count)):
             low = 0.25 if kind != "pole" else 0.35
             objects.append((horizon + (H - 1 - horizon) * rng.uniform(low, 0.97), kind))
@@ -284,6 +297,34 @@ def _make_scene(rng: np.random.Generator, height: int, width: int) -> List[_Shap
                 _jitter(rng, _SHIRTS[rng.integers(len(_SHIRTS))], 15),
                 "person",
                 {"box": (x0, top, x1, y_base)},
+            ))
+        elif kind == "rider":
+            # a cyclist near the kerb: the bicycle, then its rider drawn over its top
+            w, h = 1.7 * ppm, 1.0 * ppm
+            left, right = road.edges(y_base)
+            if right - left < 2 * w + 4 or h < 4:
+                continue
+            x0 = float(left + 1 if rng.random() < 0.5 else right - w - 1)
+            x1, top = x0 + w, y_base - h
+            shapes.append(_Shape(
+                "bicycle",
+                [(x0, y_base), (x0, y_base - 0.7 * h), (x0 + 0.35 * w, top),
+                 (x1 - 0.35 * w, top), (x1, y_base - 0.7 * h), (x1, y_base)],
+                _jitter(rng, _BICYCLE, 15),
+                "bicycle",
+                {"box": (x0, top, x1, y_base)},
+            ))
+            cx, rw, rh = (x0 + x1) / 2, 0.45 * ppm, 1.3 * ppm
+            r_base, r_top = y_base - 0.55 * h, y_base - 0.55 * h - rh
+            neck = r_top + 0.25 * rh
+            shapes.append(_Shape(
+                "rider",
+                [(cx - rw / 2, r_base), (cx - rw / 2, neck), (cx - rw / 4, neck),
+                 (cx - rw / 4, r_top), (cx + rw / 4, r_top), (cx + rw / 4, neck),
+                 (cx + rw / 2, neck), (cx + rw / 2, r_base)],
+                _jitter(rng, _RIDER_JACKETS[rng.integers(len(_RIDER_JACKETS))], 15),
+                "person",
+                {"box": (cx - rw / 2, r_top, cx + rw / 2, r_base)},
             ))
         else:
             w = max(0.15 * ppm, 2.0)
@@ -373,6 +414,13 @@ def _paint(shape: _Shape, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         rel_y = (ys - top) / max(base - top, 1.0)
         out[rel_y < 0.2] = (226.0, 182.0, 150.0)
         out[rel_y > 0.6] = (48.0, 50.0, 72.0)
+    elif shape.texture == "bicycle":
+        x0, top, x1, base = p["box"]
+        h, w = max(base - top, 1.0), max(x1 - x0, 1.0)
+        radius = 0.35 * h
+        for wx in (x0 + radius, x1 - radius):
+            ring = np.abs(np.hypot(xs - wx, ys - (base - radius)) - 0.8 * radius) <= 0.25 * radius
+            out[ring] = (20.0, 20.0, 20.0)
     elif shape.texture == "light":
         x0, top, x1, bottom = p["box"]
         cx, r = (x0 + x1) / 2, max((x1 - x0) * 0.35, 1.0)
@@ -394,7 +442,7 @@ def render_scene(
     Returns:
         ``(image, label_ids, instance_ids, polygons)``: an RGB ``uint8`` image (H, W, 3),
         the Cityscapes label ids (``uint8``, H x W), the Cityscapes instance ids (``uint16``:
-        ``id * 1000 + k`` for cars and persons, the label id elsewhere) and the
+        ``id * 1000 + k`` for objects of thing classes, the label id elsewhere) and the
         ``gtFine_polygons.json`` content.
     """
     from cityscapesscripts.helpers.labels import name2label
@@ -565,6 +613,10 @@ def generate_synthetic_cityscapes(
         jobs, desc="synthetic cityscapes", unit="img", disable=not progress
     ):
         _write_sample(split, city, frame, seed, i, height, width, cs_root)
+
+    from .panoptic import create_cityscapes_panoptic
+
+    create_cityscapes_panoptic(str(cs_root), splits=list(SPLIT_CITIES))
 
     tmp = marker.with_name(marker.name + ".tmp")
     with open(tmp, "w") as f:

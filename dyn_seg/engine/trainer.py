@@ -25,6 +25,12 @@ from dyn_seg.evaluation import build_sem_seg_evaluator
 from dyn_seg.evaluation.classification import build_classification_evaluator
 from dyn_seg.modeling.classification import is_classification_config
 from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
+from dyn_seg.tasks import (
+    build_task_evaluator,
+    build_task_test_loader,
+    build_task_train_loader,
+    task_of,
+)
 
 from .augmentation import build_train_augmentations
 from .bn_stats import PreciseBNWithoutDropPath
@@ -240,6 +246,8 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg: CfgNode):
         if is_classification_config(cfg):  # image-level labels: crops, flips, no masks
             return build_classification_train_loader(cfg)
+        if task_of(cfg) != "semantic":  # panoptic / instance: detectron2's mappers
+            return build_task_train_loader(cfg)
         mapper = DynSegDatasetMapper(
             cfg, is_train=True, augmentations=build_train_augmentations(cfg)
         )
@@ -249,6 +257,8 @@ class Trainer(DefaultTrainer):
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
         if is_classification_config(cfg):
             return build_classification_test_loader(cfg, dataset_name)
+        if task_of(cfg) != "semantic":
+            return build_task_test_loader(cfg, dataset_name)
         return build_detection_test_loader(
             cfg, dataset_name, mapper=DynSegDatasetMapper(cfg, is_train=False)
         )
@@ -259,6 +269,8 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         if is_classification_config(cfg):  # top-1 / top-5 and FLOPs
             return build_classification_evaluator(cfg, dataset_name, output_folder)
+        if task_of(cfg) != "semantic":
+            return build_task_evaluator(cfg, dataset_name, output_folder)
         return build_sem_seg_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod

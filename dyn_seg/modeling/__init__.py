@@ -33,3 +33,10 @@ __all__ = [
     "build_routing_space",
     "known_operations",
 ]
+
+from .panoptic import DynamicPanopticDeepLab  # noqa: E402  (registers the meta-architecture)
+
+__all__ += ["DynamicPanopticDeepLab"]
+from .rcnn import DynamicRCNN, build_dynamic_routing_fpn_backbone  # noqa: E402
+
+__all__ += ["DynamicRCNN", "build_dynamic_routing_fpn_backbone"]

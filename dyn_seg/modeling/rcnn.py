@@ -1,0 +1,180 @@
+"""Mask R-CNN (detectron2's ``GeneralizedRCNN``) on an FPN over the routed backbone."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+from torch import nn
+
+from .backbone import DynamicNetwork
+from .routed import RoutedMetaArchMixin, budget_from_config, count_module_mflops
+
+__all__ = ["DynamicRCNN", "build_dynamic_routing_fpn_backbone"]
+
+
+@BACKBONE_REGISTRY.register()
+def build_dynamic_routing_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
+    """``MODEL.BACKBONE.NAME: build_dynamic_routing_fpn_backbone``: detectron2's FPN whose
+    bottom-up network is a :class:`DynamicNetwork`; ``MODEL.FPN.IN_FEATURES`` names its
+    outputs (``layer_0`` ... ``layer_3``, strides 4 to 32), giving p2 ... p5 and a max-pooled
+    p6, as detectron2's ResNet-FPN."""
+    bottom_up = DynamicNetwork(cfg, input_shape)
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    known = bottom_up.output_shape()
+    unknown = [f for f in in_features if f not in known]
+    if unknown:
+        raise ValueError(
+            f"MODEL.FPN.IN_FEATURES={in_features} names {unknown}, which the Dynamic Routing "
+            f"backbone does not output; it outputs {sorted(known)}."
+        )
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=in_features,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+class _FPNAndRPNHead(nn.Module):
+    """FPN (top-down and lateral layers) and the RPN's convolutional head as one module of
+    the bottom-up features, for fvcore's tracer: the bottom-up network's call inside the
+    FPN returns the given features."""
+
+    def __init__(self, model: GeneralizedRCNN, network: DynamicNetwork, names: List[str]):
+        super().__init__()
+        self.fpn = model.backbone
+        self.rpn = model.proposal_generator
+        self.network = network
+        self.names = names
+
+    def forward(self, image, *tensors):
+        features = dict(zip(self.names, tensors))
+        self.network.forward = lambda x: features
+        try:
+            pyramid = self.fpn(image)
+        finally:
+            del self.network.forward
+        return self.rpn.rpn_head([pyramid[f] for f in self.rpn.in_features])
+
+
+@META_ARCH_REGISTRY.register()
+class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
+    """detectron2's ``GeneralizedRCNN`` (RPN, ROI heads, losses, post-processing unchanged)
+    with ``build_dynamic_routing_fpn_backbone``; outputs per image ``"instances"`` plus
+    ``"flops"`` and ``"routing"``, training adds ``loss_budget``
+    (see :mod:`dyn_seg.modeling.routed`).
+
+    Real FLOPs of the heads: FPN + RPN head at the padded input size, the box head (and
+    predictor) once per proposal of the image, the mask head once per detection (at
+    inference; in training once per foreground ROI the heads sampled, shared evenly by the
+    images of the batch). Anchor generation, NMS and ROI pooling are not counted.
+    """
+
+    @configurable
+    def __init__(self, *, budget, cal_flops: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.setup_routing(budget, cal_flops)
+        self._dense_flops: Dict[Tuple[int, int], float] = {}
+        self._roi_flops: Dict[str, float] = {}
+        self._counts: Dict[str, object] = {}
+        # how many proposals / ROIs the heads ran on in the last forward
+        self.proposal_generator.register_forward_hook(self._record_proposals)
+        roi = self.roi_heads
+        if getattr(roi, "box_head", None) is not None:
+            roi.box_head.register_forward_pre_hook(self._recorder("box"))
+        if getattr(roi, "mask_on", False):
+            roi.mask_head.register_forward_pre_hook(self._recorder("mask"))
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret["budget"] = budget_from_config(cfg)
+        ret["cal_flops"] = cfg.MODEL.CAL_FLOPS
+        return ret
+
+    def _record_proposals(self, module, inputs, output) -> None:
+        proposals = output[0]
+        self._counts["proposals"] = [len(p) for p in proposals]
+
+    def _recorder(self, key: str):
+        def hook(module, inputs) -> None:
+            x = inputs[0]
+            self._counts[key] = int(x.shape[0]) if torch.is_tensor(x) else sum(
+                len(i) for i in x)  # the mask head takes (features, instances)
+        return hook
+
+    def _roi_head_mflops(self) -> Tuple[float, float]:
+        """MFLOPs of the box head + predictor for one ROI, and of the mask head for one."""
+        if not self._roi_flops:
+            roi = self.roi_heads
+            box = nn.Sequential(roi.box_head, _Predictor(roi.box_predictor))
+            size = roi.box_pooler.output_size
+            channels = self.backbone.output_shape()[roi.box_in_features[0]].channels
+            self._roi_flops["box"] = count_module_mflops(
+                box, (torch.zeros(1, channels, *_pair(size), device=self.device),))
+            self._roi_flops["mask"] = 0.0
+            if getattr(roi, "mask_on", False):
+                msize = roi.mask_pooler.output_size
+                self._roi_flops["mask"] = count_module_mflops(
+                    _MaskLayers(roi.mask_head),
+                    (torch.zeros(1, channels, *_pair(msize), device=self.device),))
+        return self._roi_flops["box"], self._roi_flops["mask"]
+
+    def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
+                    outputs: Optional[List[Dict]]) -> torch.Tensor:
+        n = len(batched_inputs)
+        if image_size not in self._dense_flops:
+            network = self.routed_network
+            shapes = network.output_shape()
+            names = sorted(shapes)
+            h, w = image_size
+            feats = tuple(
+                torch.zeros(1, shapes[k].channels, h // shapes[k].stride,
+                            w // shapes[k].stride, device=self.device)
+                for k in names
+            )
+            image = torch.zeros(1, 3, h, w, device=self.device)
+            self._dense_flops[image_size] = count_module_mflops(
+                _FPNAndRPNHead(self, network, names), (image,) + feats)
+        box, mask = self._roi_head_mflops()
+        dense = torch.full((n,), self._dense_flops[image_size])
+        if outputs is not None:
+            proposals = torch.tensor(self._counts.get("proposals", [0] * n), dtype=torch.float)
+            detections = torch.tensor([len(o["instances"]) for o in outputs], dtype=torch.float)
+            return dense + box * proposals + mask * detections
+        rois = float(self._counts.get("box", 0)) / n
+        fg = float(self._counts.get("mask", 0)) / n
+        return dense + box * rois + mask * fg
+
+
+def _pair(size) -> Tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class _Predictor(nn.Module):
+    """The box predictor's classification and regression layers (its forward returns a
+    tuple, which ``nn.Sequential`` cannot chain otherwise)."""
+
+    def __init__(self, predictor: nn.Module):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, x):
+        return self.predictor(x)
+
+
+class _MaskLayers(nn.Module):
+    """The mask head's convolutions and predictor (without the loss / post-processing)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x):
+        return self.head.layers(x)
