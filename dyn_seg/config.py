@@ -15,6 +15,9 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
+from .modeling.classification import add_classification_config
+from .modeling.context_heads import add_context_head_config
+
 #: Config file (under ``configs/``) with detectron2's keys set to build a Dynamic Routing model.
 BASE_CONFIG = "Base-DynamicRouting.yaml"
 
@@ -27,8 +30,6 @@ REMOVED_KEYS = {
     "training in bfloat16 runs through detectron2's AMPTrainer",
 }
 
-from .modeling.classification import add_classification_config
-from .modeling.context_heads import add_context_head_config
 
 
 def add_dynamic_routing_config(cfg: CN) -> CN:

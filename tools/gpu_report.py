@@ -98,7 +98,7 @@ def markdown(env: dict, parts: Dict[str, dict], rows: List[dict], elapsed: int) 
                 continue
             peak = r.get("peak_memory_mb", r.get("process_peak_rss_mb"))
 
-            def f(key, fmt):
+            def f(key, fmt, r=r):
                 return format(r[key], fmt) if r.get(key) is not None else ""
 
             lines.append(

@@ -56,7 +56,8 @@ def _class_names(folder: str) -> List[str]:
         )
     names = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     if not names:
-        raise FileNotFoundError(f"{folder} holds no class folders (expected {folder}/CLASS/*.JPEG).")
+        raise FileNotFoundError(
+            f"{folder} holds no class folders (expected {folder}/CLASS/*.JPEG).")
     return names
 
 
@@ -80,7 +81,8 @@ def load_imagenet_split(split_dir: str, classes: Optional[List[str]] = None) -> 
                 dicts.append({"file_name": os.path.join(folder, f), "label": index[name],
                               "image_id": f"{name}/{f}"})
     if not dicts:
-        raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}/CLASS/.")
+        raise FileNotFoundError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}/CLASS/.")
     return dicts
 
 
@@ -141,7 +143,7 @@ class ClassificationDatasetMapper:
                                         T.CenterCrop(crop_size)])
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool) -> "ClassificationDatasetMapper":
+    def from_config(cls, cfg: CfgNode, is_train: bool) -> ClassificationDatasetMapper:
         c = cfg.INPUT.CLASSIFICATION
         return cls(is_train, crop_size=c.CROP_SIZE, min_scale=c.MIN_SCALE,
                    test_resize=c.TEST_RESIZE, image_format=cfg.INPUT.FORMAT)
