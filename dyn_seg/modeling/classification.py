@@ -23,7 +23,7 @@ from torch import nn
 from .backbone import DynamicNetwork, RoutingRecord
 from .budget import budget_loss
 from .flops import MEGA, scale_size
-from .meta_arch import BudgetConfig
+from .budget import BudgetConstraint
 
 __all__ = [
     "DynamicClassifier",
@@ -117,11 +117,11 @@ class DynamicClassifier(nn.Module):
     @configurable
     def __init__(self, *, backbone: DynamicNetwork, head: GlobalPoolClassificationHead,
                  pixel_mean: Tuple[float, ...], pixel_std: Tuple[float, ...],
-                 budget: Optional[BudgetConfig] = None, cal_flops: bool = True):
+                 budget: Optional[BudgetConstraint] = None, cal_flops: bool = True):
         super().__init__()
         self.backbone = backbone
         self.cls_head = head
-        self.budget = budget or BudgetConfig()
+        self.budget = budget or BudgetConstraint()
         self.cal_flops = cal_flops
         if self.budget.constrain and not cal_flops:
             raise ValueError(
@@ -150,7 +150,7 @@ class DynamicClassifier(nn.Module):
             ),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "budget": BudgetConfig(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL,
+            "budget": BudgetConstraint(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL,
                                    b.UNUPDATE_RATE, b.WARM_UP),
             "cal_flops": cfg.MODEL.CAL_FLOPS,
         }

@@ -36,7 +36,7 @@ from torch import nn
 from .backbone import DynamicNetwork, RoutingRecord
 from .budget import budget_loss
 from .flops import GATE_EPS, MEGA
-from .meta_arch import BudgetConfig
+from .budget import BudgetConstraint
 
 __all__ = [
     "RoutedMetaArchMixin",
@@ -47,10 +47,10 @@ __all__ = [
 ]
 
 
-def budget_from_config(cfg) -> BudgetConfig:
+def budget_from_config(cfg) -> BudgetConstraint:
     """The validated ``MODEL.BUDGET`` settings."""
     b = cfg.MODEL.BUDGET
-    return BudgetConfig(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL, b.UNUPDATE_RATE,
+    return BudgetConstraint(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL, b.UNUPDATE_RATE,
                         b.WARM_UP)
 
 
@@ -122,7 +122,7 @@ class RoutedMetaArchMixin:
     drives drop path and the budget loss's start and warm-up, as for the semantic segmentor.
     """
 
-    def setup_routing(self, budget: BudgetConfig, cal_flops: bool = True) -> None:
+    def setup_routing(self, budget: BudgetConstraint, cal_flops: bool = True) -> None:
         self.budget = budget
         self.cal_flops = cal_flops
         if self.budget.constrain and not self.cal_flops:
