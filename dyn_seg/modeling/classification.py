@@ -21,9 +21,8 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .backbone import DynamicNetwork, RoutingRecord
-from .budget import budget_loss
+from .budget import BudgetConstraint, budget_loss
 from .flops import MEGA, scale_size
-from .budget import BudgetConstraint
 
 __all__ = [
     "DynamicClassifier",

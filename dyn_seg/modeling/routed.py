@@ -34,9 +34,8 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from .backbone import DynamicNetwork, RoutingRecord
-from .budget import budget_loss
+from .budget import BudgetConstraint, budget_loss
 from .flops import GATE_EPS, MEGA
-from .budget import BudgetConstraint
 
 __all__ = [
     "RoutedMetaArchMixin",
