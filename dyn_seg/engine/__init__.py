@@ -7,6 +7,7 @@ from .guards import NonFiniteGuard, NonFiniteLossError, NonFiniteTrainingError
 from .hooks import StepRateHook, unwrap_model
 from .solver import (
     CLIP_TYPES,
+    ResumableWarmupPolyLR,
     build_lr_scheduler,
     build_optimizer,
     is_gate_parameter,
@@ -19,6 +20,7 @@ from .tta import SemanticSegmentorWithTTA
 __all__ = [
     "AutocastTrainer",
     "NonFiniteLossError",
+    "ResumableWarmupPolyLR",
     "PreciseBNWithoutDropPath",
     "drop_path_off",
     "recompute_bn_stats",
