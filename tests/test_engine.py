@@ -173,10 +173,30 @@ def test_lr_warms_up_linearly_then_decays_as_poly_0_9():
 def test_lr_schedule_is_detectron2_deeplab_warmup_poly():
     from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
 
+    # detectron2 DeepLab's class (subclassed only to keep the config's schedule on resume)
     cfg = _poly_cfg()
     scheduler = build_lr_scheduler(cfg, build_optimizer(cfg, _two_layer_model()))
     assert isinstance(scheduler, WarmupPolyLR)
     assert (scheduler.warmup_factor, scheduler.warmup_iters, scheduler.power) == (0.001, 10, 0.9)
+
+
+def test_resumed_schedule_follows_the_new_max_iter():
+    short = _poly_cfg(**{"SOLVER.MAX_ITER": 4, "SOLVER.WARMUP_ITERS": 1})
+    optimizer = build_optimizer(short, _two_layer_model())
+    scheduler = build_lr_scheduler(short, optimizer)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    saved = scheduler.state_dict()
+
+    longer = _poly_cfg(**{"SOLVER.MAX_ITER": 6, "SOLVER.WARMUP_ITERS": 1})
+    optimizer = build_optimizer(longer, _two_layer_model())
+    resumed = build_lr_scheduler(longer, optimizer)
+    resumed.load_state_dict(saved)
+    assert resumed.last_epoch == 4 and resumed.max_iters == 6
+    optimizer.step()
+    resumed.step()  # iteration 5 of 6
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - 5 / 6) ** 0.9)
 
 
 def test_gate_lr_stays_a_fixed_multiple_of_the_base_lr_through_the_schedule():

@@ -8,6 +8,7 @@ from .hooks import StepRateHook, unwrap_model
 from .predictor import DynSegPredictor
 from .solver import (
     CLIP_TYPES,
+    ResumableWarmupPolyLR,
     build_lr_scheduler,
     build_optimizer,
     is_gate_parameter,
@@ -20,6 +21,7 @@ from .tta import SemanticSegmentorWithTTA
 __all__ = [
     "AutocastTrainer",
     "NonFiniteLossError",
+    "ResumableWarmupPolyLR",
     "PreciseBNWithoutDropPath",
     "drop_path_off",
     "recompute_bn_stats",

@@ -17,11 +17,13 @@ from typing import Any, Dict, List, Type
 import torch
 from detectron2.config import CfgNode
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
+from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
 from detectron2.solver import LRScheduler, get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 
 __all__ = [
     "CLIP_TYPES",
+    "ResumableWarmupPolyLR",
     "build_lr_scheduler",
     "build_optimizer",
     "is_gate_parameter",
@@ -115,25 +117,52 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     )
 
 
+class ResumableWarmupPolyLR(WarmupPolyLR):
+    """detectron2 DeepLab's ``WarmupPolyLR`` whose schedule always comes from the config.
+
+    Its ``state_dict`` holds every attribute, so loading a checkpoint would also restore the
+    old ``max_iters`` (and warm-up / power): a run resumed with a longer ``SOLVER.MAX_ITER``
+    would then go past the old end and fail. Here a checkpoint restores only the progress
+    (``last_epoch``, the base and last LRs), as detectron2's ``LRMultiplier`` does.
+    """
+
+    SCHEDULE_KEYS = ("max_iters", "warmup_factor", "warmup_iters", "warmup_method", "power",
+                     "constant_ending")
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(
+            {k: v for k, v in state_dict.items() if k not in self.SCHEDULE_KEYS}
+        )
+
+
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> LRScheduler:
-    """detectron2 DeepLab's ``build_lr_scheduler``: its ``WarmupPolyLR`` for
-    ``SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"`` (``SOLVER.POLY_LR_POWER``,
-    ``SOLVER.POLY_LR_CONSTANT_ENDING``, ``SOLVER.WARMUP_*``), detectron2's builder otherwise.
+    """detectron2 DeepLab's ``WarmupPolyLR`` for ``SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"``
+    (``SOLVER.POLY_LR_POWER``, ``SOLVER.POLY_LR_CONSTANT_ENDING``, ``SOLVER.WARMUP_*``; built
+    with the same arguments as DeepLab's ``build_lr_scheduler``, resumable with a new
+    ``MAX_ITER``: :class:`ResumableWarmupPolyLR`), DeepLab's builder (i.e. detectron2's)
+    otherwise.
 
     Values that the library would accept silently but that cannot give a schedule are
     rejected with the key named.
     """
     s = cfg.SOLVER
-    if s.LR_SCHEDULER_NAME == "WarmupPolyLR":
-        if s.MAX_ITER <= 0:
-            raise ValueError(f"SOLVER.MAX_ITER={s.MAX_ITER} is not allowed: it must be > 0.")
-        if s.WARMUP_METHOD not in ("linear", "constant"):
-            raise ValueError(
-                f"SOLVER.WARMUP_METHOD={s.WARMUP_METHOD!r} is not allowed with WarmupPolyLR: "
-                "use 'linear' or 'constant'."
-            )
-        if s.POLY_LR_POWER < 0:
-            raise ValueError(
-                f"SOLVER.POLY_LR_POWER={s.POLY_LR_POWER} is not allowed: it must be >= 0."
-            )
-    return build_deeplab_lr_scheduler(cfg, optimizer)
+    if s.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        return build_deeplab_lr_scheduler(cfg, optimizer)
+    if s.MAX_ITER <= 0:
+        raise ValueError(f"SOLVER.MAX_ITER={s.MAX_ITER} is not allowed: it must be > 0.")
+    if s.WARMUP_METHOD not in ("linear", "constant"):
+        raise ValueError(
+            f"SOLVER.WARMUP_METHOD={s.WARMUP_METHOD!r} is not allowed with WarmupPolyLR: "
+            "use 'linear' or 'constant'."
+        )
+    if s.POLY_LR_POWER < 0:
+        raise ValueError(f"SOLVER.POLY_LR_POWER={s.POLY_LR_POWER} is not allowed: it must be >= 0.")
+    return ResumableWarmupPolyLR(
+        optimizer,
+        s.MAX_ITER,
+        warmup_factor=s.WARMUP_FACTOR,
+        warmup_iters=s.WARMUP_ITERS,
+        warmup_method=s.WARMUP_METHOD,
+        power=s.POLY_LR_POWER,
+        constant_ending=s.POLY_LR_CONSTANT_ENDING,
+    )
