@@ -35,8 +35,8 @@ __all__ = ["MODEL_ZOO_WEIGHTS", "get", "get_checkpoint_url", "get_config", "get_
 MODEL_ZOO_WEIGHTS: Dict[str, Dict[str, str]] = {
     "Synthetic/Dynamic-Tiny.yaml": {
         "url": "weights/Dynamic-Tiny.pth",
-        "sha256": "SHA256",
-        "bytes": "SIZE",
+        "sha256": "8c81726acdf3e71f76737a1584f6550092ce992211968599a315340731c30d88",
+        "bytes": "962937",
     },
 }
 _WEIGHTS_DIR = Path(__file__).resolve().parent
