@@ -157,6 +157,12 @@ def test_budget_and_flops_same_for_every_meta_arch(arch, datasets, tmp_path):
     assert out["flops"]["real"] > cells_stem  # heads are counted
     assert set(out["routing"]) == set(direct.cells)
 
+    # FLOPs counted at a new input size during inference leave every module in eval mode
+    with torch.no_grad():
+        model([{"image": torch.full((3, 64, 256), 90, dtype=torch.uint8), "height": 64,
+               "width": 256}])
+    assert not any(m.training for m in model.modules())
+
     for cell in net.all_cells():
         if cell.gate is not None:
             torch.nn.init.constant_(cell.gate.proj.bias, -50.0)
