@@ -78,8 +78,8 @@ class CityscapesInstanceAPEvaluator(CityscapesInstanceEvaluator):
     def evaluate(self):
         import json
 
-        import numpy as np
         import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cs_eval
+        import numpy as np
 
         temp_dir = self._temp_dir
 
