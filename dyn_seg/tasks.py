@@ -37,6 +37,7 @@ from dyn_seg.evaluation.build import load_sem_seg_label
 from dyn_seg.evaluation.routing import RoutingEvaluator
 
 __all__ = [
+    "CityscapesInstanceAPEvaluator",
     "PanopticSemSegEvaluator",
     "PANOPTIC_META_ARCHS",
     "INSTANCE_META_ARCHS",
@@ -61,6 +62,40 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
         table = {**meta.get("stuff_dataset_id_to_contiguous_id", {}),
                  **meta.get("thing_dataset_id_to_contiguous_id", {})}
         self._contiguous_id_to_dataset_id = {v: k for k, v in table.items()} or None
+
+
+class CityscapesInstanceAPEvaluator(CityscapesInstanceEvaluator):
+    """detectron2's ``CityscapesInstanceEvaluator`` (AP, AP50 by cityscapesscripts) that
+    works with numpy 2.
+
+    cityscapesscripts dumps its matches with ``json.dumps(default=lambda o: o.__dict__)``,
+    which fails on numpy scalars (numpy 2 returns them from its counts), and into a relative
+    ``matches.json`` in the working directory. During :meth:`evaluate` its writer is
+    replaced by one that converts numpy scalars and writes relative paths into the
+    evaluator's temporary folder.
+    """
+
+    def evaluate(self):
+        import json
+
+        import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as cs_eval
+        import numpy as np
+
+        temp_dir = self._temp_dir
+
+        def write_dict_to_json(data, file_name):
+            if not os.path.isabs(file_name):
+                file_name = os.path.join(temp_dir, file_name)
+            with open(file_name, "w") as f:
+                json.dump(data, f, sort_keys=True, indent=4,
+                          default=lambda o: o.item() if isinstance(o, np.generic) else o.__dict__)
+
+        original = cs_eval.writeDict2JSON
+        cs_eval.writeDict2JSON = write_dict_to_json
+        try:
+            return super().evaluate()
+        finally:
+            cs_eval.writeDict2JSON = original
 
 
 def task_of(cfg: CfgNode) -> str:
@@ -116,10 +151,10 @@ def build_task_evaluator(cfg: CfgNode, dataset_name: str,
                                                   output_dir=output_folder,
                                                   sem_seg_loading_fn=load_sem_seg_label))
         if evaluator_type == "cityscapes_panoptic_seg":
-            evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+            evaluators.append(CityscapesInstanceAPEvaluator(dataset_name))
     elif task == "instance":
         if evaluator_type == "cityscapes_instance":
-            evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+            evaluators.append(CityscapesInstanceAPEvaluator(dataset_name))
         elif evaluator_type in ("coco",):
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
         else:

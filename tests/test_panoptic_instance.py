@@ -157,6 +157,12 @@ def test_budget_and_flops_same_for_every_meta_arch(arch, datasets, tmp_path):
     assert out["flops"]["real"] > cells_stem  # heads are counted
     assert set(out["routing"]) == set(direct.cells)
 
+    # FLOPs counted at a new input size during inference leave every module in eval mode
+    with torch.no_grad():
+        model([{"image": torch.full((3, 64, 256), 90, dtype=torch.uint8), "height": 64,
+               "width": 256}])
+    assert not any(m.training for m in model.modules())
+
     for cell in net.all_cells():
         if cell.gate is not None:
             torch.nn.init.constant_(cell.gate.proj.bias, -50.0)
@@ -219,3 +225,34 @@ def test_predictor_demo_and_route_visualiser(arch, datasets, tmp_path):
                        "--per-image",
                        "--opts", *SMALL])
     assert (tmp_path / "routes" / "routing.png").is_file() and result
+
+
+def test_instance_evaluator_scores_ground_truth_100(datasets, tmp_path):
+    """The Cityscapes instance evaluation of the instance and panoptic tasks gives AP 100
+    to predictions equal to the ground truth (matches included, under numpy 2)."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import Instances
+    from PIL import Image
+
+    from dyn_seg.tasks import CityscapesInstanceAPEvaluator
+
+    name = datasets["instance_seg_val"]
+    names = MetadataCatalog.get(name).thing_classes
+    from cityscapesscripts.helpers.labels import id2label
+
+    evaluator = CityscapesInstanceAPEvaluator(name)
+    evaluator.reset()
+    for d in DatasetCatalog.get(name):
+        gt_file = d["file_name"].replace("leftImg8bit", "gtFine", 1).replace(
+            "_leftImg8bit.png", "_gtFine_instanceIds.png")
+        ids = np.asarray(Image.open(gt_file)).astype(np.int64)
+        objs = [i for i in np.unique(ids) if i >= 1000]
+        inst = Instances((d["height"], d["width"]))
+        inst.pred_masks = torch.as_tensor(np.stack([ids == i for i in objs]))
+        inst.pred_classes = torch.tensor([names.index(id2label[int(i) // 1000].name)
+                                          for i in objs])
+        inst.scores = torch.ones(len(objs))
+        evaluator.process([d], [{"instances": inst}])
+    results = evaluator.evaluate()
+    assert results["segm"]["AP"] == pytest.approx(100.0)

@@ -99,6 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                os.path.join(args.output, "budget"), args.iters, args.opts)
         result["gflops_raw"] = result["raw"]["trained"]["routing"]["GFLOPs_real"]
         result["gflops_budget"] = result["budget"]["trained"]["routing"]["GFLOPs_real"]
+        # the cells' share, which the budget constrains (the heads' FLOPs do not change)
+        result["expected_gflops_raw"] = result["raw"]["trained"]["routing"]["GFLOPs_expected"]
+        result["expected_gflops_budget"] = (
+            result["budget"]["trained"]["routing"]["GFLOPs_expected"])
     with open(os.path.join(args.output, "learning_check.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k not in ("raw", "budget")}))

@@ -97,8 +97,8 @@ def capture_routing(network: DynamicNetwork) -> Iterator[List[Tuple[RoutingRecor
 
 def count_module_mflops(module: nn.Module, inputs: Tuple) -> float:
     """MFLOPs (multiply-adds) of ``module(*inputs)`` by fvcore's ``FlopCountAnalysis``, in
-    eval mode and without gradients (the module's mode is restored)."""
-    was_training = module.training
+    eval mode and without gradients (the mode of every submodule is restored)."""
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         with torch.no_grad():
@@ -108,7 +108,8 @@ def count_module_mflops(module: nn.Module, inputs: Tuple) -> float:
             analysis.tracer_warnings("none")
             return float(analysis.total()) / MEGA
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 class RoutedMetaArchMixin:
