@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_cfg
 from detectron2.modeling import build_model
 
-from conftest import tiny_cfg
 from dyn_seg.modeling.analysis import all_open_flops
 from dyn_seg.modeling.context_heads import DynamicContextSemSegHead
 from dyn_seg.modeling.sem_seg_head import DynamicSemSegHead

@@ -15,7 +15,10 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.data.imagenet import build_classification_test_loader, build_classification_train_loader
+from dyn_seg.data.imagenet import (
+    build_classification_test_loader,
+    build_classification_train_loader,
+)
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.evaluation import build_sem_seg_evaluator
 from dyn_seg.evaluation.classification import build_classification_evaluator
