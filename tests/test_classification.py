@@ -141,3 +141,19 @@ def test_checkpoint_initialises_exactly_the_segmentation_backbone(trained, caplo
     assert all(".gate." in line or line.startswith("sem_seg_head.") for line in listed), listed
     assert any("sem_seg_head." in line for line in listed)
     assert "cls_head.linear" in log.split("not used by the model", 1)[1]
+
+
+def test_gated_classifier_adds_the_budget_loss():
+    cfg = get_dyn_seg_cfg(TINY, ["MODEL.GATE.GATE_ON", "True", "MODEL.BUDGET.CONSTRAIN", "True",
+                                 "MODEL.BUDGET.FLOPS_ALL", "1.0"])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    model.step_rate = 0.9
+    inputs = [{"image": torch.rand(3, 32, 32) * 255, "label": k} for k in range(4)]
+    losses = model(inputs)
+    assert set(losses) == {"loss_cls", "loss_budget"}
+    sum(losses.values()).backward()
+    gate_grads = [p.grad for n, p in model.named_parameters() if ".gate." in n]
+    assert gate_grads and any(g is not None and g.abs().sum() > 0 for g in gate_grads)
+    model.step_rate = 0.1  # before MODEL.BUDGET.UNUPDATE_RATE: no budget loss yet
+    assert set(model(inputs)) == {"loss_cls"}
