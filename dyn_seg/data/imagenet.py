@@ -30,6 +30,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.data.detection_utils import read_image
+from detectron2.utils import comm
 from torchvision import transforms as T
 
 __all__ = [
@@ -57,7 +58,8 @@ def _class_names(folder: str) -> List[str]:
     names = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     if not names:
         raise FileNotFoundError(
-            f"{folder} holds no class folders (expected {folder}/CLASS/*.JPEG).")
+            f"{folder} holds no class folders (expected {folder}/CLASS/*.JPEG)."
+        )
     return names
 
 
@@ -82,7 +84,8 @@ def load_imagenet_split(split_dir: str, classes: Optional[List[str]] = None) -> 
                               "image_id": f"{name}/{f}"})
     if not dicts:
         raise FileNotFoundError(
-            f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}/CLASS/.")
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}/CLASS/."
+        )
     return dicts
 
 
@@ -167,8 +170,11 @@ def build_classification_train_loader(cfg: CfgNode):
 
 
 def build_classification_test_loader(cfg: CfgNode, dataset_name: str):
+    """detectron2's inference loader with the test mapper, in batches of the training batch
+    per process (every centre crop has the same size)."""
     return build_detection_test_loader(
-        cfg, dataset_name, mapper=ClassificationDatasetMapper.from_config(cfg, False)
+        cfg, dataset_name, mapper=ClassificationDatasetMapper.from_config(cfg, False),
+        batch_size=max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()),
     )
 
 
