@@ -162,6 +162,14 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
             setattr(module, name, fold_conv(child))
         else:
             fold_batch_norms(child)
+    if isinstance(module, nn.Sequential) and all(n.isdigit() for n, _ in module.named_children()):
+        # one flat sequence of unnamed layers: fewer module calls
+        layers = [m for child in module
+                  for m in (child if type(child) is nn.Sequential else [child])]
+        while len(module):
+            del module[0]
+        for layer in layers:
+            module.append(layer)
     return module
 
 
