@@ -118,25 +118,30 @@ def _foldable(norm: Optional[nn.Module]) -> bool:
 
 def fold_conv(conv: Conv2d) -> nn.Module:
     """A plain convolution (plus in-place ReLU) equal to eval-mode detectron2 ``conv`` with
-    its norm folded in; ``conv`` itself when its norm cannot be folded (e.g. GroupNorm)."""
+    its norm (if any) folded in; ``conv`` itself when its norm cannot be folded (e.g.
+    GroupNorm)."""
     norm = conv.norm
-    if not _foldable(norm):
+    if norm is not None and not _foldable(norm):
         return conv
-    # fuse_conv_bn_weights fed float64 copies: folding in float32 moves logits of
-    # networks with large running variances by more than the 1e-4 parity tolerance
-    w, b = fuse_conv_bn_weights(
-        conv.weight.detach().double(),
-        None if conv.bias is None else conv.bias.detach().double(),
-        norm.running_mean.double(), norm.running_var.double(), norm.eps,
-        None if norm.weight is None else norm.weight.detach().double(),
-        None if norm.bias is None else norm.bias.detach().double(),
-    )
-    # built on the meta device (no random init), then given the folded weights
+    w, b = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+    if norm is not None:
+        # fuse_conv_bn_weights fed float64 copies: folding in float32 moves logits of
+        # networks with large running variances by more than the 1e-4 parity tolerance
+        w, b = fuse_conv_bn_weights(
+            w.double(), None if b is None else b.double(),
+            norm.running_mean.double(), norm.running_var.double(), norm.eps,
+            None if norm.weight is None else norm.weight.detach().double(),
+            None if norm.bias is None else norm.bias.detach().double(),
+        )
+    # a plain torch convolution (detectron2's wrapper adds per-call checks), built on the
+    # meta device (no random init), then given the weights
     plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True, device="meta")
+                      conv.padding, conv.dilation, conv.groups, bias=b is not None,
+                      device="meta")
     dtype = conv.weight.dtype
     plain.weight = nn.Parameter(w.detach().to(dtype), requires_grad=False)
-    plain.bias = nn.Parameter(b.detach().to(dtype), requires_grad=False)
+    if b is not None:
+        plain.bias = nn.Parameter(b.detach().to(dtype), requires_grad=False)
     act = conv.activation
     if act is None:
         return plain
@@ -149,14 +154,22 @@ def fold_conv(conv: Conv2d) -> nn.Module:
 
 
 def fold_batch_norms(module: nn.Module) -> nn.Module:
-    """Replace, in place, every detectron2 ``Conv2d`` of ``module`` whose norm is foldable by
-    a plain convolution with the norm folded in (eval-mode semantics). Other norms (e.g.
-    GroupNorm) stay. Returns ``module``."""
+    """Replace, in place, every detectron2 ``Conv2d`` of ``module`` without a norm or with a
+    foldable one by a plain convolution, the norm folded in (eval-mode semantics). Other
+    norms (e.g. GroupNorm) stay. Returns ``module``."""
     for name, child in list(module.named_children()):
-        if isinstance(child, Conv2d) and _foldable(child.norm):
+        if isinstance(child, Conv2d) and (child.norm is None or _foldable(child.norm)):
             setattr(module, name, fold_conv(child))
         else:
             fold_batch_norms(child)
+    if isinstance(module, nn.Sequential) and all(n.isdigit() for n, _ in module.named_children()):
+        # one flat sequence of unnamed layers: fewer module calls
+        layers = [m for child in module
+                  for m in (child if type(child) is nn.Sequential else [child])]
+        while len(module):
+            del module[0]
+        for layer in layers:
+            module.append(layer)
     return module
 
 
