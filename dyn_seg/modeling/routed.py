@@ -113,7 +113,7 @@ def count_module_mflops(module: nn.Module, inputs: Tuple) -> float:
 class RoutedMetaArchMixin:
     """Mix into a detectron2 meta-architecture (before it in the bases) whose backbone
     contains a :class:`DynamicNetwork`; call :meth:`setup_routing` (with
-    :func:`budget_from_config` and ``MODEL.CAL_FLOPS``) at the end of ``__init__``.
+    :meth:`BudgetConstraint.from_config` and ``MODEL.CAL_FLOPS``) at the end of ``__init__``.
     Subclasses implement :meth:`head_mflops`.
 
     ``step_rate`` (training progress in [0, 1], set by the trainer's ``StepRateHook``)
