@@ -86,3 +86,46 @@ def test_bad_size_names_the_expected_form(tool, capsys):
     for size in (["1024x2048"], ["1024", "2048"]):
         assert parse_tool_args(tool.get_parser(), ["--size", *size]).size == (1024, 2048)
     assert tool.counting_size((1000, 2000), 32) == (1024, 2016)
+
+
+def test_context_module_is_a_row_of_the_head(tool, tmp_path, capsys):
+    """A PSP head: its context module is listed (table) and counted inside the head (json)."""
+    cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NAME": "DynamicContextSemSegHead",
+                      "MODEL.SEM_SEG_HEAD.CONTEXT.NAME": "PSP", "MODEL.FAST.ENABLED": False})
+    path = tmp_path / "psp.yaml"
+    path.write_text(cfg.dump())
+    report = _run_json(tool, capsys, "--config-file", str(path), "--size", "128x128")
+    open_ = report["analytic_gflops"]["all_open"]
+    head = build_model(cfg).sem_seg_head
+    assert open_["context"] == pytest.approx(head.context_flops((128, 128)) * 1e-3, rel=1e-9)
+    assert 0 < open_["context"] < open_["head"]
+    tool.main(["--config-file", str(path), "--size", "128x128"])
+    assert "context module (in head)" in capsys.readouterr().out
+
+
+def test_classifier_reports_its_pooling_and_linear_head(tool, capsys):
+    """Classification configs are analysed with the classifier's head (pooling + linear)."""
+    config = str(REPO / "configs" / "Synthetic" / "Classification-Tiny.yaml")
+    report = _run_json(tool, capsys, "--config-file", config, "--size", "32x32")
+    assert report["model"]["meta_architecture"] == "DynamicClassifier"
+    open_ = report["analytic_gflops"]["all_open"]
+    # four pooled features (8, 16, 32, 64 channels at strides 4..32 of 32 x 32) + 120 -> 10
+    by_hand = (8 * 8 * 8 + 4 * 4 * 16 + 2 * 2 * 32 + 1 * 1 * 64 + 120 * 10) / 1e9
+    assert open_["head"] == pytest.approx(by_hand, rel=1e-9)
+    assert open_["real"] == pytest.approx(
+        open_["expected"] + open_["gates"] + open_["stem"] + open_["head"])
+    # Network-Fix: the forward opens every path, and the real FLOPs are the all-open count
+    forward = report["analytic_gflops"]["forward"]
+    assert forward["real"] == pytest.approx(open_["real"], rel=1e-6)
+    assert report["fvcore_gflops"]["head"] > 0
+    params = report["parameters"]
+    assert params["head"] == 120 * 10 + 10 and params["other"] == 0 and params["gates"] == 0
+    tool.main(["--config-file", config, "--size", "32x32"])
+    assert "DynamicClassifier (GlobalPoolClassificationHead)" in capsys.readouterr().out
+
+
+def test_models_without_a_counted_head_are_refused_clearly(tool):
+    model = build_model(tiny_cfg())
+    del model.sem_seg_head
+    with pytest.raises(SystemExit, match="DynamicClassifier"):
+        tool.analysed_head(model)

@@ -27,8 +27,8 @@ TINY = "configs/Synthetic/Classification-Tiny.yaml"
 
 @pytest.fixture(scope="module")
 def synthetic_imagenet(tmp_path_factory):
-    """Generated data (30 train / 10 val images per class), registered under fresh names."""
-    root = generate_synthetic_imagenet(str(tmp_path_factory.mktemp("data")), num_train=30,
+    """Generated data (20 train / 10 val images per class), registered under fresh names."""
+    root = generate_synthetic_imagenet(str(tmp_path_factory.mktemp("data")), num_train=20,
                                        num_val=10, size=64, seed=0)
     names = {}
     for split in ("train", "val"):
@@ -103,7 +103,7 @@ def test_classifier_top1_rises_far_above_chance(trained):
     _, _, results = trained
     acc = results["classification"]
     # ten classes: chance is 10% top-1 and 50% top-5 (measured: see MODEL_ZOO.md)
-    assert acc["top1"] >= 25.0, acc
+    assert acc["top1"] >= 30.0, acc
     assert acc["top5"] >= 70.0, acc
     assert acc["num_images"] == 10 * len(SYNTHETIC_CLASSES)
     assert results["routing"]["GFLOPs_real"] > 0
@@ -159,3 +159,5 @@ def test_gated_classifier_adds_the_budget_loss():
     assert gate_grads and any(g is not None and g.abs().sum() > 0 for g in gate_grads)
     model.step_rate = 0.1  # before MODEL.BUDGET.UNUPDATE_RATE: no budget loss yet
     assert set(model(inputs)) == {"loss_cls"}
+    with pytest.raises(ValueError, match="NUM_CLASSES"):  # labels beyond the head's classes
+        model(inputs + [{"image": torch.rand(3, 32, 32) * 255, "label": 10}])

@@ -101,6 +101,7 @@ def test_synthetic_config_trains_and_evaluates(config, datasets, tmp_path):
 
 
 ARCHS = {
+    "classification": ("configs/Synthetic/Classification-Tiny.yaml", None),
     "semantic": ("configs/Synthetic/Dynamic-Tiny.yaml", "sem_seg"),
     "panoptic": ("configs/Synthetic/PanopticDeepLab-Tiny.yaml", "panoptic"),
     "instance": ("configs/Synthetic/MaskRCNN-Tiny.yaml", "instance_seg"),
@@ -121,15 +122,26 @@ def test_budget_and_flops_same_for_every_meta_arch(arch, datasets, tmp_path):
     from dyn_seg.modeling.routed import find_routed_network
 
     config, task = ARCHS[arch]
-    cfg = _cfg(config, task, datasets, tmp_path, "MODEL.BUDGET.CONSTRAIN", "True",
-               "MODEL.FAST.ENABLED", "False")
+    budget = ["MODEL.BUDGET.CONSTRAIN", "True", "MODEL.FAST.ENABLED", "False"]
+    if task is None:  # classification: image-level labels, no segmentation data needed
+        from dyn_seg import get_dyn_seg_cfg
+
+        cfg = get_dyn_seg_cfg(str(REPO / config), [
+            *budget, "MODEL.GATE.GATE_ON", "True", "MODEL.GATE.SMALL_GATE", "False",
+            "MODEL.BACKBONE.LAYER_NUM", "6", "MODEL.BACKBONE.INIT_CHANNEL", "16",
+            "MODEL.BACKBONE.STEM_WIDTH", "32"])  # the backbone of the other Tiny configs
+    else:
+        cfg = _cfg(config, task, datasets, tmp_path, *budget)
     torch.manual_seed(0)
     model = build_model(cfg)
     net = find_routed_network(model.backbone)
     torch.manual_seed(1)
     net.reset_parameters()  # the same backbone weights for every meta-architecture
 
-    batch = next(iter(Trainer.build_train_loader(cfg)))
+    if task is None:
+        batch = [{"image": torch.rand(3, 64, 128) * 255, "label": k} for k in range(2)]
+    else:
+        batch = next(iter(Trainer.build_train_loader(cfg)))
     model.train()
     with EventStorage():  # R-CNN logs into the storage
         model.step_rate = 0.1

@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""FLOPs and parameter counts of a Dynamic Routing model at one input size.
+"""FLOPs and parameter counts of a Dynamic Routing model at one input size: a semantic
+segmentor (head: the decoder, with its context module if any) or a classifier (head: global
+pooling + linear layer).
 
 Reports, in GFLOPs (1e9 multiply-adds, one fused multiply-add = one FLOP):
 
@@ -55,7 +57,7 @@ from torch import nn
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.modeling.analysis import all_open_flops
+from dyn_seg.modeling.analysis import HEAD_ATTRIBUTES, all_open_flops, model_head
 from dyn_seg.modeling.gate import SoftGate
 from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
 from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
@@ -107,8 +109,23 @@ def load_image(path: str, size: Tuple[int, int], seed: int) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def analysed_head(model: nn.Module) -> nn.Module:
+    """The model's head (``sem_seg_head`` or ``cls_head``); a clear error for other models."""
+    _, head = model_head(model)
+    if head is None:
+        raise SystemExit(
+            f"tools/analyze_model.py counts semantic segmentation (DynamicSemanticSegmentor) "
+            f"and classification (DynamicClassifier) models; {type(model).__name__} has none "
+            f"of their heads ({', '.join(HEAD_ATTRIBUTES)}). Panoptic and instance models "
+            "report their real and expected GFLOPs per image in their outputs (\"flops\") and in "
+            "the evaluation results (\"routing\")."
+        )
+    return head
+
+
 class BackboneHead(nn.Module):
-    """Backbone + head on normalised, padded images (N, 3, H, W) -> logits (N, K, H, W).
+    """Backbone + head on normalised, padded images (N, 3, H, W) -> logits ((N, K, H, W)
+    for segmentation, (N, K) for classification).
 
     The tensor-in, tensor-out form that jit tracing (and so fvcore) needs; the
     meta-architecture's dict inputs and routing outputs stay outside.
@@ -117,10 +134,11 @@ class BackboneHead(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.backbone = model.backbone
-        self.head = model.sem_seg_head
+        self.head = analysed_head(model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))[0]
+        out = self.head(self.backbone(images))
+        return out[0] if isinstance(out, tuple) else out  # segmentation heads: (logits, losses)
 
 
 def fvcore_flops(model: nn.Module, images: torch.Tensor) -> Dict:
@@ -163,7 +181,7 @@ def parameter_counts(model: nn.Module) -> Dict:
         "init_cell": without_gates("backbone.init_cell"),
         "layers": layers,
         "gates": sum(gates.values()),
-        "head": counts.get("sem_seg_head", 0),
+        "head": counts.get(model_head(model)[0], 0),
     }
     accounted = parts["stem"] + parts["init_cell"] + sum(layers.values())
     accounted += parts["gates"] + parts["head"]
@@ -178,6 +196,7 @@ def analyze(cfg: CfgNode, size: Tuple[int, int], weights: str = "", image_path: 
     """The full report as a JSON-serialisable dict."""
     torch.manual_seed(seed)
     model = build_model(cfg)
+    analysed_head(model)  # a clear error for models without a counted head
     if weights:
         DynSegCheckpointer(model).load(weights)
     model.eval()
@@ -191,13 +210,16 @@ def analyze(cfg: CfgNode, size: Tuple[int, int], weights: str = "", image_path: 
         fvcore = fvcore_flops(model, images)
     backbone = model.backbone
     all_open = {k: v * GIGA_PER_MEGA for k, v in all_open_flops(model, padded).items()}
-    if hasattr(model.sem_seg_head, "context_flops"):  # PSP / ASPP, part of the head
-        all_open["context"] = model.sem_seg_head.context_flops(padded) * GIGA_PER_MEGA
+    head = analysed_head(model)
+    if hasattr(head, "context_flops"):  # PSP / ASPP, part of the segmentation head
+        all_open["context"] = head.context_flops(padded) * GIGA_PER_MEGA
     return {
         "weights": weights or None,
         "input_size": list(size),
         "counting_size": list(padded),
         "model": {
+            "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+            "head": type(head).__name__,
             "layer_num": len(backbone.cell_specs),
             "init_channel": backbone.init_spec.channels,
             "gate_on": backbone.gate_on,
@@ -247,7 +269,8 @@ def format_table(report: Dict) -> str:
     m = report["model"]
     gates = ("small gates" if m["small_gate"] else "gates") if m["gate_on"] else "no gates"
     return "\n\n".join([
-        f"{report['config_file']}: L{m['layer_num']}, C{m['init_channel']}, {gates}; "
+        f"{report['config_file']}: {m['meta_architecture']} ({m['head']}), "
+        f"L{m['layer_num']}, C{m['init_channel']}, {gates}; "
         f"FLOPs counted at {size}",
         tabulate(flops, headers=["GFLOPs", "", ""], floatfmt=".5g"),
         f"not counted by fvcore: {uncounted}",

@@ -9,23 +9,37 @@ from torch import nn
 from .backbone import DynamicNetwork
 from .flops import CellRouting, routing_flops
 
-__all__ = ["all_open_flops"]
+__all__ = ["HEAD_ATTRIBUTES", "all_open_flops", "model_head"]
+
+#: Where the models with an analytic head count keep that head: the semantic segmentor's
+#: decoder and the classifier's pooling / linear head (both have ``flops(size)``).
+HEAD_ATTRIBUTES = ("sem_seg_head", "cls_head")
+
+
+def model_head(model: nn.Module):
+    """``(attribute name, head)`` of ``model`` (see :data:`HEAD_ATTRIBUTES`), or
+    ``(None, None)`` when it has none of them."""
+    for name in HEAD_ATTRIBUTES:
+        head = getattr(model, name, None)
+        if head is not None:
+            return name, head
+    return None, None
 
 
 def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     """MFLOPs of one ``size`` = (H, W) image with every gate activation at 1 (all paths open).
 
-    ``model``: a segmentor with ``backbone`` (a :class:`DynamicNetwork`) and ``sem_seg_head``
-    (a head with a ``flops(features, size)`` method), or a :class:`DynamicNetwork` alone
-    (no head FLOPs). ``size`` is the counting size (what ``INPUT.FIX_SIZE_FOR_FLOPS`` would
-    say), e.g. (1024, 2048) for Cityscapes frames.
+    ``model``: a segmentor or classifier with ``backbone`` (a :class:`DynamicNetwork`) and
+    ``sem_seg_head`` / ``cls_head`` (a head with a ``flops(size)`` method), or a
+    :class:`DynamicNetwork` alone (no head FLOPs). ``size`` is the counting size (what
+    ``INPUT.FIX_SIZE_FOR_FLOPS`` would say), e.g. (1024, 2048) for Cityscapes frames.
 
     Returns ``expected`` (every cell's operations and transitions; at 768 x 768 this is what
     ``MODEL.BUDGET.FLOPS_ALL`` normalises by), ``real`` (expected + gates + stem + head), and
     the parts ``gates``, ``stem`` and ``head``.
     """
     backbone = getattr(model, "backbone", model)
-    head = getattr(model, "sem_seg_head", None)
+    _, head = model_head(model)
     if not isinstance(backbone, DynamicNetwork):
         raise TypeError(
             f"all_open_flops needs a DynamicNetwork or a model whose .backbone is one, got "

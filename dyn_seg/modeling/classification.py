@@ -17,16 +17,17 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
-from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from .backbone import DynamicNetwork, RoutingRecord
-from .budget import BudgetConstraint, budget_loss
+from .backbone import DynamicNetwork
+from .budget import BudgetConstraint
 from .flops import MEGA, scale_size
+from .routed import RoutedMetaArchMixin
 
 __all__ = [
     "DynamicClassifier",
     "GlobalPoolClassificationHead",
+    "ImageClassifier",
     "add_classification_config",
     "is_classification_config",
 ]
@@ -90,57 +91,34 @@ class GlobalPoolClassificationHead(nn.Module):
             pooled.append(ref.new_zeros(ref.shape[0], c) if x is None else x.mean(dim=(2, 3)))
         return self.linear(torch.cat(pooled, dim=1))
 
-    def flops(self, features: Dict[str, Optional[torch.Tensor]], size: Tuple[int, int]) -> float:
-        """MFLOPs at counting size ``size``: pooling (H*W*C per present feature) and the
-        linear layer (bias not counted)."""
+    def flops(self, size: Tuple[int, int]) -> float:
+        """MFLOPs at counting size ``size``: pooling (H*W*C per feature) and the linear
+        layer (bias not counted)."""
         total = 0.0
-        for name, c, s in zip(self.in_features, self.channels, self.strides):
-            if features.get(name) is not None:
-                h, w = scale_size(size, s)
-                total += h * w * c
+        for c, s in zip(self.channels, self.strides):
+            h, w = scale_size(size, s)
+            total += h * w * c
         total += self.linear.in_features * self.linear.out_features
         return total / MEGA
 
 
-@META_ARCH_REGISTRY.register()
-class DynamicClassifier(nn.Module):
-    """Image classification with a routed backbone.
-
-    Inputs: dicts with ``"image"`` (3, H, W) BGR and, for training, ``"label"`` (int).
-    Training returns ``{"loss_cls", "loss_budget" (when active)}``; inference returns per
-    image ``{"scores": (K,) logits, "flops": {"real", "expected"} GFLOPs, "routing":
-    {(layer, scale): gate activations}}``. ``MODEL.GATE.GATE_ON False`` gives the paper's
-    Network-Fix; with gates, ``MODEL.BUDGET.*`` adds the same budget loss as segmentation.
-    """
+class ImageClassifier(nn.Module):
+    """Normalise, run the backbone, classify. Inputs: dicts with ``"image"`` (3, H, W) BGR
+    and, for training, ``"label"`` (int). Training returns ``{"loss_cls"}``; inference
+    returns per image ``{"scores": (K,) logits}``."""
 
     @configurable
-    def __init__(self, *, backbone: DynamicNetwork, head: GlobalPoolClassificationHead,
-                 pixel_mean: Tuple[float, ...], pixel_std: Tuple[float, ...],
-                 budget: Optional[BudgetConstraint] = None, cal_flops: bool = True):
+    def __init__(self, *, backbone: nn.Module, head: GlobalPoolClassificationHead,
+                 pixel_mean: Tuple[float, ...], pixel_std: Tuple[float, ...]):
         super().__init__()
         self.backbone = backbone
         self.cls_head = head
-        self.budget = budget or BudgetConstraint()
-        self.cal_flops = cal_flops
-        if self.budget.constrain and not cal_flops:
-            raise ValueError(
-                "MODEL.BUDGET.CONSTRAIN=True needs MODEL.CAL_FLOPS=True (the budget loss is a "
-                "function of the expected FLOPs)."
-            )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.step_rate = 0.0  # training progress in [0, 1], set by a trainer hook
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
-        if not isinstance(backbone, DynamicNetwork):
-            raise ValueError(
-                f"MODEL.META_ARCHITECTURE=DynamicClassifier needs the Dynamic Routing backbone "
-                f"(MODEL.BACKBONE.NAME build_dynamic_routing_backbone), got "
-                f"{cfg.MODEL.BACKBONE.NAME}."
-            )
-        b = cfg.MODEL.BUDGET
         return {
             "backbone": backbone,
             "head": GlobalPoolClassificationHead(
@@ -149,9 +127,6 @@ class DynamicClassifier(nn.Module):
             ),
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "budget": BudgetConstraint(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL,
-                                   b.UNUPDATE_RATE, b.WARM_UP),
-            "cal_flops": cfg.MODEL.CAL_FLOPS,
         }
 
     @property
@@ -165,52 +140,56 @@ class DynamicClassifier(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
-        self.backbone.step_rate = float(self.step_rate)
-        features, routing = self.backbone.forward_with_routing(images.tensor)
-        logits = self.cls_head(features)
-        if self.training:
-            if "label" not in batched_inputs[0]:
-                raise ValueError("Training inputs need a 'label' (the class index, an int).")
-            labels = torch.as_tensor([int(x["label"]) for x in batched_inputs],
-                                     device=logits.device)
-            losses = {"loss_cls": F.cross_entropy(logits.float(), labels)}
-            if self.budget.constrain:
-                loss = budget_loss(
-                    routing.expected_flops, flops_all=self.budget.flops_all, mu=self.budget.mu,
-                    loss_weight=self.budget.loss_weight, step_rate=self.step_rate,
-                    unupdate_rate=self.budget.unupdate_rate, warm_up=self.budget.warm_up,
-                )
-                if loss is not None:
-                    losses["loss_budget"] = loss
-            self._log_flops(features, routing, images.tensor)
-            return losses
+        logits = self.cls_head(self.backbone(images.tensor))
+        if not self.training:
+            return [{"scores": logits[i]} for i in range(len(batched_inputs))]
+        if any("label" not in x for x in batched_inputs):
+            raise ValueError("Training inputs need a 'label' (the class index, an int).")
+        labels = torch.as_tensor([int(x["label"]) for x in batched_inputs],
+                                 device=logits.device)
+        num_classes = logits.shape[1]
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"Labels must be class indices in [0, {num_classes}), got "
+                f"{labels.min().item()}..{labels.max().item()}: set "
+                "MODEL.CLASSIFIER.NUM_CLASSES to the dataset's number of classes."
+            )
+        return {"loss_cls": F.cross_entropy(logits.float(), labels)}
 
-        real, expected = self.image_flops(features, routing, images.tensor)
-        results = []
-        for i in range(len(batched_inputs)):
-            out = {"scores": logits[i]}
-            if self.cal_flops:
-                out["flops"] = {"real": float(real[i]) * 1e-3,
-                                "expected": float(expected[i]) * 1e-3}
-            out["routing"] = {key: cell.alpha[i].detach() for key, cell in routing.cells.items()
-                              if cell.alpha is not None}
-            results.append(out)
-        return results
 
-    def image_flops(self, features, routing: RoutingRecord, images: torch.Tensor
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-image (real, expected) MFLOPs: real = cells + stem + head, expected = cells."""
-        size = self.backbone.counting_size(images)
-        real = routing.real_flops + routing.stem_flops + self.cls_head.flops(features, size)
-        return real.detach(), routing.expected_flops.detach()
+@META_ARCH_REGISTRY.register()
+class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
+    """Image classification with a routed backbone (:class:`ImageClassifier` on
+    :class:`DynamicNetwork`).
 
-    def _log_flops(self, features, routing: RoutingRecord, images: torch.Tensor) -> None:
-        if not self.cal_flops:
-            return
-        try:
-            storage = get_event_storage()
-        except AssertionError:  # no storage outside a trainer
-            return
-        real, expected = self.image_flops(features, routing, images)
-        storage.put_scalars(**{"flops/real_gflops": float(real.mean()) * 1e-3,
-                               "flops/expected_gflops": float(expected.mean()) * 1e-3})
+    Inference adds per image ``"flops": {"real", "expected"}`` GFLOPs and ``"routing"``
+    (gate activations per cell); training adds ``loss_budget`` when active, through the
+    mechanism every routed meta-architecture shares (:mod:`dyn_seg.modeling.routed`).
+    ``MODEL.GATE.GATE_ON False`` gives the paper's Network-Fix; with gates,
+    ``MODEL.BUDGET.*`` adds the same budget loss as segmentation. Real FLOPs = cells + stem
+    + the pooling / linear head.
+    """
+
+    @configurable
+    def __init__(self, *, budget: Optional[BudgetConstraint] = None, cal_flops: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(self.backbone, DynamicNetwork):
+            raise ValueError(
+                "MODEL.META_ARCHITECTURE=DynamicClassifier needs the Dynamic Routing backbone "
+                "(MODEL.BACKBONE.NAME build_dynamic_routing_backbone), got "
+                f"{type(self.backbone).__name__}."
+            )
+        self.setup_routing(budget or BudgetConstraint(), cal_flops)
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret["budget"] = BudgetConstraint.from_config(cfg)
+        ret["cal_flops"] = cfg.MODEL.CAL_FLOPS
+        return ret
+
+    def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
+                    outputs: Optional[List[Dict]]) -> torch.Tensor:
+        size = self.backbone.flops_size or image_size
+        return torch.full((len(batched_inputs),), self.cls_head.flops(size))

@@ -11,8 +11,9 @@ afterwards. The backbone may be the network itself or a wrapper around it such a
 
 With the record the mixin adds, like the semantic segmentor:
 
-* training: ``loss_budget`` (:func:`dyn_seg.modeling.budget.budget_loss` with the
-  ``MODEL.BUDGET`` settings), and the FLOPs / gate statistics of the step in the event storage;
+* training: ``loss_budget`` and the FLOPs / gate statistics of the step in the event
+  storage, both by the model's :class:`dyn_seg.modeling.budget.BudgetConstraint` (the
+  ``MODEL.BUDGET`` settings) exactly as for the semantic segmentor;
 * inference: per image ``"flops": {"real", "expected"}`` GFLOPs and ``"routing"`` (gate
   activations per cell), read by :class:`dyn_seg.evaluation.routing.RoutingEvaluator`.
 
@@ -29,13 +30,12 @@ import contextlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
-from detectron2.utils.events import get_event_storage
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from .backbone import DynamicNetwork, RoutingRecord
-from .budget import BudgetConstraint, budget_loss
-from .flops import GATE_EPS, MEGA
+from .budget import BudgetConstraint
+from .flops import MEGA
 
 __all__ = [
     "RoutedMetaArchMixin",
@@ -47,10 +47,8 @@ __all__ = [
 
 
 def budget_from_config(cfg) -> BudgetConstraint:
-    """The validated ``MODEL.BUDGET`` settings."""
-    b = cfg.MODEL.BUDGET
-    return BudgetConstraint(b.CONSTRAIN, b.LOSS_WEIGHT, b.LOSS_MU, b.FLOPS_ALL, b.UNUPDATE_RATE,
-                        b.WARM_UP)
+    """The validated ``MODEL.BUDGET`` settings (:meth:`BudgetConstraint.from_config`)."""
+    return BudgetConstraint.from_config(cfg)
 
 
 def find_routed_network(backbone: nn.Module) -> DynamicNetwork:
@@ -115,7 +113,7 @@ def count_module_mflops(module: nn.Module, inputs: Tuple) -> float:
 class RoutedMetaArchMixin:
     """Mix into a detectron2 meta-architecture (before it in the bases) whose backbone
     contains a :class:`DynamicNetwork`; call :meth:`setup_routing` (with
-    :func:`budget_from_config` and ``MODEL.CAL_FLOPS``) at the end of ``__init__``.
+    :meth:`BudgetConstraint.from_config` and ``MODEL.CAL_FLOPS``) at the end of ``__init__``.
     Subclasses implement :meth:`head_mflops`.
 
     ``step_rate`` (training progress in [0, 1], set by the trainer's ``StepRateHook``)
@@ -175,18 +173,7 @@ class RoutedMetaArchMixin:
 
     def budget_losses(self, routing: RoutingRecord) -> Dict[str, torch.Tensor]:
         """``{"loss_budget": ...}`` while the budget constraint is active, else ``{}``."""
-        if not self.budget.constrain:
-            return {}
-        loss = budget_loss(
-            routing.expected_flops,
-            flops_all=self.budget.flops_all,
-            mu=self.budget.mu,
-            loss_weight=self.budget.loss_weight,
-            step_rate=self.step_rate,
-            unupdate_rate=self.budget.unupdate_rate,
-            warm_up=self.budget.warm_up,
-        )
-        return {} if loss is None else {"loss_budget": loss}
+        return self.budget.losses(routing, self.step_rate)
 
     def image_flops(self, routing: RoutingRecord, shape: Tuple, batched_inputs: List[Dict],
                     outputs: Optional[List[Dict]] = None
@@ -198,26 +185,9 @@ class RoutedMetaArchMixin:
 
     def log_routing(self, routing: RoutingRecord, shape: Tuple,
                     batched_inputs: List[Dict]) -> None:
-        """Put FLOPs and gate statistics of this step into the active EventStorage (the
-        same scalars as the semantic segmentor's)."""
-        try:
-            storage = get_event_storage()
-        except AssertionError:  # no storage outside a trainer
-            return
-        stats = {}
+        """Put FLOPs and gate statistics of this step into the active EventStorage
+        (:meth:`BudgetConstraint.log_routing`, as the semantic segmentor does)."""
+        real = expected = None
         if self.cal_flops:
             real, expected = self.image_flops(routing, shape, batched_inputs)
-            stats["flops/real_gflops"] = float(real.mean()) * 1e-3
-            stats["flops/expected_gflops"] = float(expected.mean()) * 1e-3
-        per_layer: Dict[int, List[torch.Tensor]] = {}
-        for (layer, _), cell in routing.cells.items():
-            if layer >= 0 and cell.alpha is not None:
-                per_layer.setdefault(layer, []).append((cell.alpha > GATE_EPS).float().flatten())
-        if per_layer:
-            stats["routing/gate_active_rate"] = float(
-                torch.cat([t for v in per_layer.values() for t in v]).mean()
-            )
-            for layer, values in per_layer.items():
-                stats[f"routing/layer_{layer}_active_rate"] = float(torch.cat(values).mean())
-        if stats:
-            storage.put_scalars(**stats)
+        self.budget.log_routing(routing, real, expected)
