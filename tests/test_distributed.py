@@ -172,6 +172,13 @@ def _assert_evaluation_gathers_both_ranks(two, one):
         assert two["results"][task].keys() == one["results"][task].keys()
     assert two["results"]["sem_seg"]["mIoU"] == pytest.approx(one["results"]["sem_seg"]["mIoU"],
                                                              abs=0.5)
-    for key in ("GFLOPs_real", "GFLOPs_real_min", "GFLOPs_real_max"):  # images differ
-        assert two["results"]["routing"][key] == pytest.approx(
-            one["results"]["routing"][key], rel=1e-4), key
+    # Both runs evaluate one image per forward, so dropping (decided per batch) is the same;
+    # but the weights agree only up to rounding (1e-3 of what training changed, see above):
+    # expected FLOPs move with the gates' activations (1e-4 to 1e-3 relative), and a gate
+    # whose activation sits near GATE_EPS can be open in one run and closed in the other, so
+    # real FLOPs, which count a path fully or not at all, may differ by such a path (~1e-4 of
+    # the total). The gathering itself is checked exactly above, on hand-made outputs.
+    ours, theirs = two["results"]["routing"], one["results"]["routing"]
+    for key in ("GFLOPs_real", "GFLOPs_real_min", "GFLOPs_real_max",  # images differ
+                "GFLOPs_expected", "GFLOPs_expected_min", "GFLOPs_expected_max"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-2), key

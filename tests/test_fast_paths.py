@@ -271,10 +271,15 @@ def test_fast_path_equals_faithful_with_small_gates_and_other_operations():
     _assert_same(model, _images(3, seed=9), InferenceOptions())
 
 
-def test_bf16_fast_path_agrees_on_argmax(routed_model):
+def test_bf16_fast_path_agrees_on_argmax():
+    # a random model whose logits are not near-ties everywhere: the seed-0 model's top-2
+    # margin is ~0.09 at the median, where bf16's ~0.4% rounding flips argmax by chance
+    model = _model(seed=3)
     x = _images(2, seed=10)
-    ref_logits, _, _ = _faithful(routed_model, x)
-    logits, _, _ = InferenceCopy(routed_model, InferenceOptions(bf16=True))(x)
+    ref_logits, _, _ = _faithful(model, x)
+    margin = ref_logits.topk(2, dim=1).values.diff(dim=1).abs().median()
+    assert margin > 0.2, margin
+    logits, _, _ = InferenceCopy(model, InferenceOptions(bf16=True))(x)
     assert logits.dtype == torch.float32
     agreement = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
     assert agreement >= 0.97, agreement

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Tuple
 
 import torch
+from fvcore.nn.precise_bn import get_bn_modules
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from dyn_seg.engine.bn_stats import recompute_bn_stats
 from dyn_seg.modeling.backbone import DynamicNetwork
 
 __all__ = [
@@ -89,21 +90,16 @@ def calibrate_batch_norm(model: nn.Module, forward: Callable[[torch.Tensor], obj
     """Set every batch norm's running statistics to the average over ``batches``.
 
     ``forward`` runs the part of ``model`` that holds the norms on one batch (in training
-    mode, so that norms see batch statistics). Returns the number of norms calibrated;
-    restores the modes and momenta afterwards.
+    mode, so that norms see batch statistics). The pass is the precise-BN one,
+    :func:`dyn_seg.engine.recompute_bn_stats` (drop path off, ``step_rate`` restored).
+    Returns the number of norms calibrated; restores the modes and momenta afterwards.
     """
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    momenta = [m.momentum for m in norms]
+    batches = list(batches)
     was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
     model.train()
+    num_norms = len(get_bn_modules(model))  # the norms in training mode
     try:
-        for batch in batches:
-            forward(batch)
+        recompute_bn_stats(model, iter(batches), len(batches), forward=forward)
     finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
         model.train(was_training)
-    return len(norms)
+    return num_norms

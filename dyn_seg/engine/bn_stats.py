@@ -9,7 +9,7 @@ that implements this rule; the precise-BN hook and the tools' re-calibration use
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 from detectron2.engine import hooks
 from detectron2.utils.events import EventStorage
@@ -41,15 +41,32 @@ def drop_path_off(model: nn.Module) -> Iterator[None]:
             m.step_rate = value
 
 
-def recompute_bn_stats(model: nn.Module, data_iter: Iterable, num_iters: int) -> None:
+class _Forward(nn.Module):
+    """``model``'s norms behind a custom forward, for fvcore's ``update_bn_stats`` (which
+    calls a module on each batch and finds the norms among its submodules)."""
+
+    def __init__(self, model: nn.Module, forward: Callable):
+        super().__init__()
+        self.model = model
+        self._forward = forward
+
+    def forward(self, batch):
+        return self._forward(batch)
+
+
+def recompute_bn_stats(model: nn.Module, data_iter: Iterable, num_iters: int,
+                       forward: Optional[Callable] = None) -> None:
     """Recompute the running statistics of every batch norm of ``model`` (in train mode)
     as the true average over ``num_iters`` batches from ``data_iter``, with drop path off.
 
-    fvcore's ``update_bn_stats`` does the averaging; ``step_rate`` is 0 during the pass
-    and restored afterwards (:func:`drop_path_off`).
+    ``forward`` (default: ``model`` itself) runs one batch through the part of ``model``
+    that holds the norms, e.g. the backbone and head on an image tensor. fvcore's
+    ``update_bn_stats`` does the averaging; ``step_rate`` is 0 during the pass and restored
+    afterwards (:func:`drop_path_off`).
     """
+    runner = model if forward is None else _Forward(model, forward)
     with drop_path_off(model):
-        update_bn_stats(model, data_iter, num_iters)
+        update_bn_stats(runner, data_iter, num_iters)
 
 
 class PreciseBNWithoutDropPath(hooks.PreciseBN):
