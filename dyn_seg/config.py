@@ -44,6 +44,9 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
         from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
 
         add_panoptic_deeplab_config(_C)
+    # "SGD" (the paper's: momentum, nesterov) or "ADAM" (Panoptic-DeepLab's); the Panoptic-
+    # DeepLab project sets "ADAM" by default, dyn_seg keeps the paper's SGD unless asked.
+    _C.SOLVER.OPTIMIZER = "SGD"
 
     # Operations summed inside every cell (see dyn_seg.modeling.ops for the known names).
     _C.MODEL.BACKBONE.CELL_TYPE = ["sep_conv_3x3", "skip_connect"]

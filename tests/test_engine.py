@@ -78,6 +78,20 @@ def test_optimizer_is_sgd_with_momentum():
     assert all(g["momentum"] == 0.9 for g in optimizer.param_groups)
 
 
+def test_solver_optimizer_adam_builds_adam_with_the_same_groups():
+    """SOLVER.OPTIMIZER "ADAM" (Panoptic-DeepLab's recipe) keeps the gate LR and norm decay
+    groups; an unknown name is refused with the allowed ones."""
+    cfg = tiny_cfg(**{"SOLVER.OPTIMIZER": "ADAM", "SOLVER.BASE_LR": 0.001,
+                      "SOLVER.GATE_LR_MULTI": 2.5})
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert sorted({round(g["lr"], 9) for g in optimizer.param_groups}) == [0.001, 0.0025]
+    cfg = tiny_cfg(**{"SOLVER.OPTIMIZER": "LAMB"})
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER='LAMB'.*'SGD', 'ADAM'"):
+        build_optimizer(cfg, model)
+
+
 def test_non_positive_gate_lr_multiplier_is_rejected():
     cfg = tiny_cfg(**{"SOLVER.GATE_LR_MULTI": 0.0})
     with pytest.raises(ValueError, match="SOLVER.GATE_LR_MULTI"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ BUDGET = {
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("DYN_SEG_LEARNING_CHECKS") != "1",
+    reason="minutes per task: run with DYN_SEG_LEARNING_CHECKS=1 python -m pytest "
+           "tests/test_task_learning.py (or python tools/task_learning_check.py --task ...)")
 @pytest.mark.parametrize("task", ["panoptic", "instance"])
 def test_score_rises_and_budget_saves_flops(task, tmp_path):
     """PQ (panoptic) / mask AP (instance) on generated val scenes rise far above the

@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedule of the paper's recipe, built from ``SOLVER.*``.
 
-* SGD with momentum; no weight decay on norm parameters (``SOLVER.WEIGHT_DECAY_NORM``);
+* SGD with momentum (or Adam for ``SOLVER.OPTIMIZER = "ADAM"``, Panoptic-DeepLab's
+  choice); no weight decay on norm parameters (``SOLVER.WEIGHT_DECAY_NORM``);
   parameters whose name contains ``"gate"`` train at ``SOLVER.GATE_LR_MULTI`` times the LR.
 * Gradient clipping: detectron2's per-parameter ``"value"`` / ``"norm"`` clipping, plus
   ``"full_model"``: one global norm over all parameters (the paper clips it at 5.0).
@@ -23,6 +24,7 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 
 __all__ = [
     "CLIP_TYPES",
+    "OPTIMIZERS",
     "ResumableWarmupPolyLR",
     "build_lr_scheduler",
     "build_optimizer",
@@ -33,6 +35,8 @@ __all__ = [
 
 #: Allowed ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` values.
 CLIP_TYPES = ("full_model", "norm", "value")
+#: Allowed ``SOLVER.OPTIMIZER`` values.
+OPTIMIZERS = ("SGD", "ADAM")
 
 
 def is_gate_parameter(name: str) -> bool:
@@ -77,7 +81,14 @@ def with_full_model_gradient_clipping(
 
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD over ``model``'s parameters with the paper's per-group settings and clipping."""
+    """SGD (or Adam) over ``model``'s parameters with the paper's per-group settings and
+    clipping."""
+    name = str(cfg.SOLVER.OPTIMIZER).upper()
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r} is not allowed: use one of "
+            f"{OPTIMIZERS} ('SGD' is the paper's recipe, 'ADAM' Panoptic-DeepLab's)."
+        )
     if cfg.SOLVER.BASE_LR < 0:
         raise ValueError(f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR} is not allowed: the learning "
                          "rate must be >= 0 (the paper uses 0.05 for 8 GPUs x 4 images).")
@@ -101,13 +112,17 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
     params = scale_gate_lr(model, params, cfg.SOLVER.GATE_LR_MULTI)
-    optimizer_type: Type[torch.optim.Optimizer] = torch.optim.SGD
+    optimizer_type: Type[torch.optim.Optimizer] = (
+        torch.optim.SGD if name == "SGD" else torch.optim.Adam)
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
         optimizer_type = with_full_model_gradient_clipping(
             optimizer_type, clip.CLIP_VALUE, clip.NORM_TYPE
         )
     else:
         optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
+    if name == "ADAM":
+        return optimizer_type(params, lr=cfg.SOLVER.BASE_LR,
+                              weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     return optimizer_type(
         params,
         lr=cfg.SOLVER.BASE_LR,

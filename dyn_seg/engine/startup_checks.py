@@ -97,7 +97,10 @@ def check_flops_all(cfg: CfgNode, model) -> Optional[str]:
     else:
         return None  # FLOPs are counted at each image's own size: nothing fixed to compare
     model = getattr(model, "module", model)  # DDP
-    if not hasattr(model, "backbone") or not hasattr(model.backbone, "flops_table"):
+    network = getattr(model, "routed_network", None)  # panoptic / instance: inside an FPN
+    if network is None:
+        network = getattr(model, "backbone", None)
+    if not hasattr(network, "flops_table"):
         return None
     expected = all_open_flops(model, size)["expected"]
     ratio = expected / budget.FLOPS_ALL

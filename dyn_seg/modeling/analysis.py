@@ -30,15 +30,20 @@ def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     """MFLOPs of one ``size`` = (H, W) image with every gate activation at 1 (all paths open).
 
     ``model``: a segmentor or classifier with ``backbone`` (a :class:`DynamicNetwork`) and
-    ``sem_seg_head`` / ``cls_head`` (a head with a ``flops(size)`` method), or a
-    :class:`DynamicNetwork` alone (no head FLOPs). ``size`` is the counting size (what
-    ``INPUT.FIX_SIZE_FOR_FLOPS`` would say), e.g. (1024, 2048) for Cityscapes frames.
+    ``sem_seg_head`` / ``cls_head`` (a head with a ``flops(size)`` method), a routed
+    meta-architecture (:class:`~dyn_seg.modeling.routed.RoutedMetaArchMixin`: its
+    ``dense_head_mflops(size)`` gives the heads), or a :class:`DynamicNetwork` alone (no head
+    FLOPs). ``size`` is the counting size (what ``INPUT.FIX_SIZE_FOR_FLOPS`` would say), e.g.
+    (1024, 2048) for Cityscapes frames.
 
     Returns ``expected`` (every cell's operations and transitions; at 768 x 768 this is what
     ``MODEL.BUDGET.FLOPS_ALL`` normalises by), ``real`` (expected + gates + stem + head), and
     the parts ``gates``, ``stem`` and ``head``.
     """
-    backbone = getattr(model, "backbone", model)
+    # a routed meta-architecture (panoptic, instance, classifier) finds its DynamicNetwork
+    # itself (it may sit inside an FPN) and counts its own heads
+    routed = getattr(model, "routed_network", None)
+    backbone = routed if routed is not None else getattr(model, "backbone", model)
     _, head = model_head(model)
     if not isinstance(backbone, DynamicNetwork):
         raise TypeError(
@@ -58,7 +63,9 @@ def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     expected, real = routing_flops(backbone.cell_specs, table, open_gates, 1, torch.zeros(1))
     gates = sum(table[(s.layer, s.scale)].gate for layer in backbone.cell_specs for s in layer)
     head_flops = 0.0
-    if head is not None:
+    if hasattr(model, "dense_head_mflops"):
+        head_flops = float(model.dense_head_mflops(size))
+    elif head is not None:
         head_flops = head.flops(size)
     return {
         "real": float(real[0]) + stem + head_flops,

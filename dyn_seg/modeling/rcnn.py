@@ -129,6 +129,20 @@ class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
     def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
                     outputs: Optional[List[Dict]]) -> torch.Tensor:
         n = len(batched_inputs)
+        box, mask = self._roi_head_mflops()
+        dense = torch.full((n,), self.dense_head_mflops(image_size))
+        if outputs is not None:
+            proposals = torch.tensor(self._counts.get("proposals", [0] * n), dtype=torch.float)
+            detections = torch.tensor([len(o["instances"]) for o in outputs], dtype=torch.float)
+            return dense + box * proposals + mask * detections
+        rois = float(self._counts.get("box", 0)) / n
+        fg = float(self._counts.get("mask", 0)) / n
+        return dense + box * rois + mask * fg
+
+    def dense_head_mflops(self, image_size: Tuple[int, int]) -> float:
+        """FPN + RPN head MFLOPs for an image padded to ``image_size`` (the per-ROI box and
+        mask heads depend on the detections and are counted per image in :meth:`head_mflops`)."""
+        image_size = (int(image_size[0]), int(image_size[1]))
         if image_size not in self._dense_flops:
             network = self.routed_network
             shapes = network.output_shape()
@@ -142,15 +156,7 @@ class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
             image = torch.zeros(1, 3, h, w, device=self.device)
             self._dense_flops[image_size] = count_module_mflops(
                 _FPNAndRPNHead(self, network, names), (image,) + feats)
-        box, mask = self._roi_head_mflops()
-        dense = torch.full((n,), self._dense_flops[image_size])
-        if outputs is not None:
-            proposals = torch.tensor(self._counts.get("proposals", [0] * n), dtype=torch.float)
-            detections = torch.tensor([len(o["instances"]) for o in outputs], dtype=torch.float)
-            return dense + box * proposals + mask * detections
-        rois = float(self._counts.get("box", 0)) / n
-        fg = float(self._counts.get("mask", 0)) / n
-        return dense + box * rois + mask * fg
+        return self._dense_flops[image_size]
 
 
 def _pair(size) -> Tuple[int, int]:

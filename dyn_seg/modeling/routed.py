@@ -143,6 +143,14 @@ class RoutedMetaArchMixin:
         (None in training)."""
         raise NotImplementedError
 
+    def dense_head_mflops(self, image_size: Tuple[int, int]) -> float:
+        """MFLOPs of the heads that run once per image whatever it shows, for an image
+        padded to ``image_size`` (what whole-network figures such as
+        :func:`dyn_seg.modeling.analysis.all_open_flops` add to the cells). Heads whose cost
+        depends on the detections (per-ROI heads) override this to leave them out."""
+        size = (int(image_size[0]), int(image_size[1]))
+        return float(self.head_mflops(size, [{}], None)[0])
+
     # ---- the shared mechanism -----------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
         network = self.routed_network
