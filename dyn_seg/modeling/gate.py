@@ -48,13 +48,25 @@ class SoftGate(nn.Module):
             else:  # the plain quarter-scale resize would be empty on a tiny map
                 x = F.interpolate(x, size=small_gate_size(h, w), mode="bilinear",
                                   align_corners=False)
-        # pooled in float32 (a no-op copy in float32, exact pooling under bfloat16)
-        x = F.adaptive_avg_pool2d(self.reduce(x).float(), 1)
+        # global average pool, accumulated in float32 (exact pooling under bfloat16)
+        pooled = self.reduce(x).mean(dim=(2, 3), dtype=torch.float32)
         # The activations decide the routing and the expected FLOPs (budget loss): the last
-        # layer runs in float32 even under bf16 autocast (without autocast: unchanged).
-        # ``proj`` is a 1x1 convolution on a 1x1 map: computed as the equal linear map
-        # (a conv2d call on a 1x1 map costs several times more on CPU)
-        with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(x.flatten(1).float(), self.proj.weight.flatten(1).float(),
-                              self.proj.bias.float())
-            return F.relu(torch.tanh(logits))
+        # layer runs in float32 even under autocast. ``proj`` is a 1x1 convolution on a 1x1
+        # map: computed as the equal linear map (a conv2d call on a 1x1 map costs several
+        # times more on CPU). The autocast context is entered only when autocast is on: it
+        # costs more than the linear map itself at inference.
+        weight, bias = self.proj.weight.flatten(1).float(), self.proj.bias.float()
+        if _autocast_enabled(pooled.device.type):
+            with torch.autocast(pooled.device.type, enabled=False):
+                return F.relu(torch.tanh(F.linear(pooled, weight, bias)))
+        return F.relu(torch.tanh(F.linear(pooled, weight, bias)))
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch >= 2.4 takes the device type)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # older torch: one query per device kind
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
