@@ -10,6 +10,11 @@ same parameters does nothing. The absolute ROOT is the only thing printed on std
 """
 from __future__ import annotations
 
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+
 import argparse
 import os
 import sys

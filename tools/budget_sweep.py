@@ -28,6 +28,11 @@ Arguments after the options are config overrides for every point (``KEY VALUE`` 
 """
 from __future__ import annotations
 
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+
 import argparse
 import json
 import logging

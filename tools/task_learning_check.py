@@ -18,6 +18,11 @@ acts from the start: the short run has no time for the paper's 40% unconstrained
 """
 from __future__ import annotations
 
+import warnings
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+
 import argparse
 import json
 import os
