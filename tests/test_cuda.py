@@ -105,6 +105,24 @@ def test_every_fp32_inference_plan_matches_reference_fixture(mode, fixture_model
     assert _max_rel(single[0], reference_fixture["eval_single"][0]["sem_seg"]) < LOGIT_RTOL
 
 
+@needs_cuda
+def test_cuda_graph_plan_keeps_every_output_and_matches_reference_fixture(fixture_model,
+                                                                         reference_fixture):
+    # torch.compile "reduce-overhead": each static module replays a CUDA graph; a routed
+    # forward calls the same module for several layers and sub-batches and keeps the outputs
+    images = torch.stack(reference_fixture["images"]).to(DEVICE)
+    normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
+    copy_ = InferenceCopy(fixture_model, InferenceOptions(compile="inductor",
+                                                          compile_mode="reduce-overhead"))
+    record = reference_fixture["eval_batched"]
+    for _ in range(3):  # the first calls record the graphs, later ones replay them
+        logits, _, _ = copy_(normalised)
+        single, _, _ = copy_(normalised[:1])
+        for i in range(images.shape[0]):
+            assert _max_rel(logits[i], record["sem_seg"][i]) < LOGIT_RTOL
+        assert _max_rel(single[0], reference_fixture["eval_single"][0]["sem_seg"]) < LOGIT_RTOL
+
+
 def _trained_tiny():
     """The shipped trained Tiny network (what the main job trains) and generated scenes."""
     from dyn_seg import model_zoo
@@ -194,9 +212,10 @@ def test_default_predictor_on_device_matches_cpu_labels(tmp_path):
 
 
 _NCCL_TRAIN = textwrap.dedent("""
-    import sys, datetime
+    import sys, datetime, importlib
     import torch.multiprocessing as mp
-    from detectron2.engine import launch as launch_module
+    # detectron2.engine re-exports the function launch under the module's name
+    launch_module = importlib.import_module("detectron2.engine.launch")
     import train_net
 
     def main(args):
@@ -263,7 +282,8 @@ def test_fast_plan_synchronises_at_most_once_per_routed_layer(fixture_model,
             copy_(normalised)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    # one warning per synchronising call; the mode's own notice that it is a prototype is not one
+    syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
     assert len(syncs) <= layers, [str(w.message) for w in syncs]
 
 

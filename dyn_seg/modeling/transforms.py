@@ -23,6 +23,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.utils._pytree import tree_map_only
 
 from .backbone import RoutingRecord
 from .gate import SoftGate
@@ -102,11 +103,31 @@ def compile_forward(module: nn.Module, backend: str, mode: str = "default") -> n
     """
     if not backend:
         return module
+    module.forward = compile_function(module.forward, backend, mode)
+    return module
+
+
+def compile_function(fn, backend: str, mode: str = "default"):
+    """``torch.compile(fn)`` with ``backend`` (and ``mode`` for inductor).
+
+    With CUDA graphs ("reduce-overhead") a graph's outputs live in memory that its next
+    replay overwrites. A routed forward calls the same static module several times (per
+    layer, per sub-batch) and keeps earlier outputs, so each call starts a new graph step
+    and its outputs are cloned out of the graph's memory.
+    """
     kwargs = {"backend": backend}
     if backend == "inductor":
         kwargs["mode"] = mode
-    module.forward = torch.compile(module.forward, **kwargs)
-    return module
+    compiled = torch.compile(fn, **kwargs)
+    if backend != "inductor" or mode != "reduce-overhead":
+        return compiled
+
+    def run_graph(*args, **kw):
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kw)
+        return tree_map_only(torch.Tensor, torch.clone, out)
+
+    return run_graph
 
 
 def _foldable(norm: Optional[nn.Module]) -> bool:
@@ -212,9 +233,8 @@ class InferenceCopy(nn.Module):
         for m in _static_modules(self.backbone):
             compile_forward(m, o.compile, o.compile_mode)
         if o.compile:
-            self.head.stride4_logits = torch.compile(
-                self.head.stride4_logits, backend=o.compile,
-                **({"mode": o.compile_mode} if o.compile == "inductor" else {}))
+            self.head.stride4_logits = compile_function(
+                self.head.stride4_logits, o.compile, o.compile_mode)
 
     def train(self, mode: bool = True):
         if mode:
