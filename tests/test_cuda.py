@@ -248,7 +248,7 @@ def test_one_process_nccl_training_with_sync_bn_trains_and_checkpoints(tmp_path,
     result = subprocess.run(
         [sys.executable, str(script), "--config-file",
          str(REPO / "configs" / "Synthetic" / "Dynamic-Tiny.yaml"),
-         "MODEL.BACKBONE.NORM", norm, "MODEL.SEM_SEG_HEAD.NORM", norm,
+         "MODEL.DEVICE", "cuda", "MODEL.BACKBONE.NORM", norm, "MODEL.SEM_SEG_HEAD.NORM", norm,
          "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2",
          "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -290,6 +290,21 @@ def test_compiled_fast_path_equals_faithful(routed_model):
     _assert_same(routed_model, _images(2, seed=11), InferenceOptions(compile="eager"))
 
 
+def test_compiled_static_modules_each_keep_their_own_compiled_code(routed_model):
+    # torch.compile keeps at most `recompile_limit` (8) versions per code object; the static
+    # modules of one class (dozens of convolutions) must not share one, or all but the first
+    # few shapes silently run eagerly. With the limit made an error, a shared cache fails.
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=2):
+        net = InferenceCopy(routed_model, InferenceOptions(compile="eager"))
+        x = _images(2, seed=11)
+        net(x)
+        net(x[:1])
+    torch._dynamo.reset()
+
+
 def test_fast_network_is_inference_only(routed_model):
     net = InferenceCopy(routed_model)
     with pytest.raises(RuntimeError, match="inference only"):

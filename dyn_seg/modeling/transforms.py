@@ -103,8 +103,25 @@ def compile_forward(module: nn.Module, backend: str, mode: str = "default") -> n
     """
     if not backend:
         return module
-    module.forward = compile_function(module.forward, backend, mode)
+    module.forward = compile_function(_own_code(module.forward), backend, mode)
     return module
+
+
+def _own_code(method):
+    """A function calling ``method`` whose code object belongs to it alone.
+
+    torch.compile caches compiled versions per code object, at most ``recompile_limit``
+    (8) of them, and wraps callables from torch's own files (``nn.Conv2d.forward``...) in
+    one shared wrapper: the dozens of modules of a network would share a cache, exhaust it
+    after a few shapes and run the rest eagerly (seen on a GPU: compiled inference no
+    faster than eager). A wrapper defined here, with a fresh copy of its code object per
+    module, gives each module its own cache; torch.compile inlines ``method`` into it.
+    """
+    def call(*args, **kwargs):
+        return method(*args, **kwargs)
+
+    call.__code__ = call.__code__.replace()  # replace() always builds a new code object
+    return call
 
 
 def compile_function(fn, backend: str, mode: str = "default"):
