@@ -100,6 +100,7 @@ def test_synthetic_config_trains_and_evaluates(config, datasets, tmp_path):
     assert 0 <= results["segm"]["AP"] <= 100
     routing = results["routing"]
     assert routing["GFLOPs_real"] > routing["GFLOPs_expected"] > 0
+    assert routing["GFLOPs_real"] > routing["GFLOPs_backbone"] > 0
 
 
 ARCHS = {
@@ -169,6 +170,7 @@ def test_budget_and_flops_same_for_every_meta_arch(arch, datasets, tmp_path):
     assert out["flops"]["expected"] == pytest.approx(float(direct.expected_flops[0]) * 1e-3,
                                                      rel=1e-5)
     assert out["flops"]["real"] > cells_stem  # heads are counted
+    assert out["flops"]["backbone"] == pytest.approx(cells_stem, rel=1e-5)
     assert set(out["routing"]) == set(direct.cells)
 
     # FLOPs counted at a new input size during inference leave every module in eval mode

@@ -22,10 +22,10 @@ class SemanticSegmentorWithTTA(nn.Module):
     the views' **logits**, as the reference does.
 
     Takes the model's inputs and returns per image ``{"sem_seg": (C, H, W) averaged logits
-    at the input's "height"/"width", "flops": {"real", "expected"} GFLOPs summed over the
-    views}`` (``"flops"`` only when the model reports it): the FLOPs of a TTA evaluation are
-    the cost of all views, not of the first one. Views run one at a time, so memory stays
-    that of the largest view.
+    at the input's "height"/"width", "flops": each of the model's GFLOPs figures summed
+    over the views}`` (``"flops"`` only when the model reports it): the FLOPs of a TTA
+    evaluation are the cost of all views, not of the first one. Views run one at a time, so
+    memory stays that of the largest view.
     """
 
     @configurable
@@ -43,8 +43,7 @@ class SemanticSegmentorWithTTA(nn.Module):
 
     def _inference_one(self, inputs: Dict) -> Dict:
         logits = None
-        real = expected = 0.0
-        has_flops = False
+        flops: Dict[str, float] = {}
         views = self.tta_mapper(inputs)
         for view in views:
             output = self.model([view])[0]
@@ -52,11 +51,9 @@ class SemanticSegmentorWithTTA(nn.Module):
             if _is_flipped(view):
                 view_logits = view_logits.flip(dims=[2])
             logits = view_logits if logits is None else logits + view_logits
-            if "flops" in output:
-                has_flops = True
-                real += output["flops"]["real"]
-                expected += output["flops"]["expected"]
+            for key, value in output.get("flops", {}).items():
+                flops[key] = flops.get(key, 0.0) + value
         result: Dict = {"sem_seg": logits / len(views)}
-        if has_flops:
-            result["flops"] = {"real": real, "expected": expected}
+        if flops:
+            result["flops"] = flops
         return result

@@ -14,13 +14,20 @@ from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
 __all__ = ["RoutingEvaluator"]
 
 
+#: The per-image GFLOPs figures a model's ``"flops"`` output may carry, in report order.
+FLOPS_KEYS = ("real", "expected", "backbone")
+
+
 class RoutingEvaluator(DatasetEvaluator):
     """Per-image GFLOPs and gate openness, summarised over the whole set.
 
     Reads the model's inference outputs ``"flops"`` (``{"real", "expected"}`` GFLOPs of
-    the image) and ``"routing"`` (``{(layer, scale): (num_paths,) gate activations}``).
+    the image, and ``"backbone"``, the routed network's share of real, where the
+    meta-architecture runs heads besides it) and ``"routing"`` (``{(layer, scale):
+    (num_paths,) gate activations}``).
     ``evaluate()`` returns ``{"routing": {...}}`` with the mean, min and max real and
-    expected GFLOPs (``GFLOPs_real``, ``GFLOPs_real_min``, ...) and ``gates_open_pct``: the
+    expected GFLOPs (``GFLOPs_real``, ``GFLOPs_real_min``, ..., ``GFLOPs_backbone`` where
+    given) and ``gates_open_pct``: the
     percentage of gate paths of routed cells (the init cell excluded, like the training
     statistic) with an activation above ``GATE_EPS``, over the gates that ran, and
     ``layer_{L}_open_pct``: the same percentage for the cells of layer L alone (TensorBoard
@@ -33,8 +40,8 @@ class RoutingEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        self._real: List[float] = []
-        self._expected: List[float] = []
+        # "real", "expected" (and "backbone" where given) -> per-image GFLOPs
+        self._flops: Dict[str, List[float]] = {k: [] for k in FLOPS_KEYS}
         # per image: (open paths, paths) over the routed cells' gates
         self._gates: List[List[int]] = []
         # over all images: layer -> [open paths, paths]
@@ -44,8 +51,9 @@ class RoutingEvaluator(DatasetEvaluator):
         for output in outputs:
             flops = output.get("flops")
             if flops is not None:
-                self._real.append(float(flops["real"]))
-                self._expected.append(float(flops["expected"]))
+                for key, values in self._flops.items():
+                    if key in flops:
+                        values.append(float(flops[key]))
             counts = open_path_counts(output.get("routing") or {})
             if counts:
                 self._gates.append([sum(o for o, _ in counts.values()),
@@ -56,25 +64,24 @@ class RoutingEvaluator(DatasetEvaluator):
                 acc[1] += total
 
     def evaluate(self) -> Optional[Dict[str, Dict[str, float]]]:
-        real, expected, gates = self._real, self._expected, self._gates
+        flops, gates = self._flops, self._gates
         layers = {k: list(v) for k, v in self._layers.items()}
         if self._distributed:
             comm.synchronize()
-            gathered = comm.gather([real, expected, gates, layers], dst=0)
+            gathered = comm.gather([flops, gates, layers], dst=0)
             if not comm.is_main_process():
                 return None
-            real = list(itertools.chain(*(g[0] for g in gathered)))
-            expected = list(itertools.chain(*(g[1] for g in gathered)))
-            gates = list(itertools.chain(*(g[2] for g in gathered)))
+            flops = {k: list(itertools.chain(*(g[0][k] for g in gathered))) for k in FLOPS_KEYS}
+            gates = list(itertools.chain(*(g[1] for g in gathered)))
             layers = {}
             for g in gathered:
-                for layer, (opened, total) in g[3].items():
+                for layer, (opened, total) in g[2].items():
                     counts = layers.setdefault(layer, [0, 0])
                     counts[0] += opened
                     counts[1] += total
 
         res: Dict[str, float] = OrderedDict()
-        for name, values in (("real", real), ("expected", expected)):
+        for name, values in flops.items():
             if values:
                 arr = np.asarray(values, dtype=np.float64)
                 res[f"GFLOPs_{name}"] = float(arr.mean())

@@ -162,9 +162,9 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
     """Image classification with a routed backbone (:class:`ImageClassifier` on
     :class:`DynamicNetwork`).
 
-    Inference adds per image ``"flops": {"real", "expected"}`` GFLOPs and ``"routing"``
-    (gate activations per cell); training adds ``loss_budget`` when active, through the
-    mechanism every routed meta-architecture shares (:mod:`dyn_seg.modeling.routed`).
+    Inference adds per image ``"flops": {"real", "expected", "backbone"}`` GFLOPs and
+    ``"routing"`` (gate activations per cell); training adds ``loss_budget`` when active,
+    through the mechanism every routed meta-architecture shares (:mod:`dyn_seg.modeling.routed`).
     ``MODEL.GATE.GATE_ON False`` gives the paper's Network-Fix; with gates,
     ``MODEL.BUDGET.*`` adds the same budget loss as segmentation. Real FLOPs = cells + stem
     + the pooling / linear head.

@@ -24,7 +24,7 @@ class DynamicSemanticSegmentor(nn.Module):
     """Semantic segmentation with a routed backbone.
 
     Training returns ``{"loss_sem_seg", "loss_budget" (when active)}``; inference returns per
-    image ``{"sem_seg": (C, H, W) logits, "flops": {"real", "expected"} GFLOPs,
+    image ``{"sem_seg": (C, H, W) logits, "flops": {"real", "expected", "backbone"} GFLOPs,
     "routing": {(layer, scale): (num_paths,) gate activations}}``.
 
     ``step_rate`` (training progress in [0, 1]) drives drop path and the budget warm-up; a
@@ -124,6 +124,7 @@ class DynamicSemanticSegmentor(nn.Module):
         if logits is None:
             logits, _ = self.sem_seg_head(features)
         real, expected = self.image_flops(routing, images.tensor)
+        backbone = routing.real_flops + routing.stem_flops
         results = []
         for i, (result, inp, size) in enumerate(
             zip(logits, batched_inputs, images.image_sizes)
@@ -135,6 +136,7 @@ class DynamicSemanticSegmentor(nn.Module):
                 out["flops"] = {
                     "real": float(real[i]) * 1e-3,
                     "expected": float(expected[i]) * 1e-3,
+                    "backbone": float(backbone[i]) * 1e-3,
                 }
             out["routing"] = {
                 key: cell.alpha[i].detach()

@@ -14,7 +14,8 @@ With the record the mixin adds, like the semantic segmentor:
 * training: ``loss_budget`` and the FLOPs / gate statistics of the step in the event
   storage, both by the model's :class:`dyn_seg.modeling.budget.BudgetConstraint` (the
   ``MODEL.BUDGET`` settings) exactly as for the semantic segmentor;
-* inference: per image ``"flops": {"real", "expected"}`` GFLOPs and ``"routing"`` (gate
+* inference: per image ``"flops": {"real", "expected", "backbone"}`` GFLOPs (backbone:
+  the routed network's share of real, cells + stem) and ``"routing"`` (gate
   activations per cell), read by :class:`dyn_seg.evaluation.routing.RoutingEvaluator`.
 
 Real FLOPs = routed cells + stem (analytic, :mod:`dyn_seg.modeling.flops`) + every head the
@@ -26,6 +27,7 @@ budget constrains).
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -110,7 +112,7 @@ def count_module_mflops(module: nn.Module, inputs: Tuple) -> float:
             m.training = training
 
 
-class RoutedMetaArchMixin:
+class RoutedMetaArchMixin(metaclass=abc.ABCMeta):
     """Mix into a detectron2 meta-architecture (before it in the bases) whose backbone
     contains a :class:`DynamicNetwork`; call :meth:`setup_routing` (with
     :meth:`BudgetConstraint.from_config` and ``MODEL.CAL_FLOPS``) at the end of ``__init__``.
@@ -136,12 +138,12 @@ class RoutedMetaArchMixin:
         return find_routed_network(self.backbone)
 
     # ---- what each meta-architecture provides ------------------------------------------
+    @abc.abstractmethod
     def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
                     outputs: Optional[List[Dict]]) -> torch.Tensor:
         """(N,) MFLOPs of everything the model runs besides the routed network (FPN,
         heads) for images padded to ``image_size``; ``outputs`` are the inference results
         (None in training)."""
-        raise NotImplementedError
 
     def dense_head_mflops(self, image_size: Tuple[int, int]) -> float:
         """MFLOPs of the heads that run once per image whatever it shows, for an image
@@ -168,10 +170,12 @@ class RoutedMetaArchMixin:
             self.log_routing(routing, shape, batched_inputs)
             return out
         real, expected = self.image_flops(routing, shape, batched_inputs, out)
+        backbone = routing.real_flops.detach() + routing.stem_flops
         for i, result in enumerate(out):
             if self.cal_flops:
                 result["flops"] = {"real": float(real[i]) * 1e-3,
-                                   "expected": float(expected[i]) * 1e-3}
+                                   "expected": float(expected[i]) * 1e-3,
+                                   "backbone": float(backbone[i]) * 1e-3}
             result["routing"] = {
                 key: cell.alpha[i].detach()
                 for key, cell in routing.cells.items()
