@@ -95,9 +95,13 @@ for net in L16 L33; do
         done
     done
 done
-RESERVE_S=45 run_part infer_L16_b1_compile 60 "${BENCH[@]}" --task inference \
-    --modes faithful fast-compile-graphs --size "${ISIZE[@]}" --batch 1 --gates open \
-    "${ITERS[@]}" "${L16[@]}"
+# float32 without TF32: the fast plan's argmax against the faithful one (target: equal)
+RESERVE_S=120 run_part infer_L16_b1_open_notf32 25 "${BENCH[@]}" --task inference \
+    --modes faithful fast --no-tf32 \
+    --size "${ISIZE[@]}" --batch 1 --gates open "${ITERS[@]}" "${L16[@]}"
+RESERVE_S=45 run_part infer_L16_b1_compile 90 "${BENCH[@]}" --task inference \
+    --modes faithful fast fast-compile fast-compile-graphs --size "${ISIZE[@]}" --batch 1 \
+    --gates open "${ITERS[@]}" "${L16[@]}"
 RESERVE_S=0 run_part train_L16 45 "${BENCH[@]}" --task train --train-size "${TSIZE[@]}" \
     --train-batch "$B8" --train-modes faithful channels_last-bf16 "${ITERS[@]}" "${L16[@]}"
 RESERVE_S=0 run_part train_L16_compile 120 "${BENCH[@]}" --task train \
@@ -105,3 +109,5 @@ RESERVE_S=0 run_part train_L16_compile 120 "${BENCH[@]}" --task train \
     "${ITERS[@]}" "${L16[@]}"
 
 "$PY" tools/gpu_report.py "$OUT" --elapsed $(( $(date +%s) - START ))
+# every part's records and logs in one archive beside the report (three files to bring back)
+tar czf "$OUT/parts.tgz" -C "$OUT" parts

@@ -14,7 +14,7 @@ BUDGET = {
 }
 
 #: How far above the untrained model the score must rise (points of PQ / mask AP).
-RISE = {"panoptic": 15.0, "instance": 4.0}
+RISE = {"panoptic": 15.0, "instance": 15.0}
 
 
 @pytest.mark.slow
@@ -34,12 +34,11 @@ def test_score_rises_and_budget_saves_flops(task, tmp_path):
                         "--budget-config", BUDGET[task], "--opts",
                         "DATALOADER.NUM_WORKERS", "0"])
     assert result["score_untrained"] < 5.0
-    # measured: PQ 0 -> 34 after 450 iterations, mask AP 0 -> 7 (AP50 26) after 150
+    # measured: PQ 0 -> 34 after 450 iterations, mask AP 0 -> 41 (AP50 85) after 300
     assert result["score_trained"] > result["score_untrained"] + RISE[task], result
-    # the routed cells' FLOPs are what the budget cuts
+    # the routed cells' FLOPs are what the budget cuts, and with them the backbone's real ones
     assert result["expected_gflops_budget"] < 0.8 * result["expected_gflops_raw"], result
-    if task == "panoptic":
-        # dense heads cost the same for both models, so real FLOPs fall with the cells'; Mask
-        # R-CNN's real FLOPs also follow its proposal and detection counts (box head per
-        # proposal, mask head per detection), which differ between two trained models
-        assert result["gflops_budget"] < result["gflops_raw"], result
+    assert result["backbone_gflops_budget"] < result["backbone_gflops_raw"], result
+    # and the whole model's: Mask R-CNN's heads also follow its proposal and detection
+    # counts, kept small beside the backbone by the config (20 detections, light heads)
+    assert result["gflops_budget"] < result["gflops_raw"], result

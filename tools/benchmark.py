@@ -60,6 +60,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--config-file", default="", help="dyn_seg config (default: the defaults)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="CUDA: float32 convolutions and matmuls without TF32 (PyTorch's "
+                        "default rounds convolutions to TF32; argmax checks want it off)")
     p.add_argument("--task", choices=["inference", "train", "all"], default="inference")
     add_size_argument(p, default=(1024, 2048), help="inference input size (padded to MAX_STRIDE)")
     p.add_argument("--batch", type=int, default=1, help="inference batch size")
@@ -96,6 +99,9 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(args.seed)
     cfg = setup(args)
     model = build_model(cfg)
@@ -112,6 +118,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
         "device_type": device.type,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "tf32_convolutions": bool(torch.backends.cudnn.allow_tf32) and device.type == "cuda",
         "config_file": args.config_file or "(defaults)",
         "opts": args.opts,
         "weights": args.weights or "random init",
