@@ -49,8 +49,9 @@ MAX_IMAGE_BYTES = 200 * 1024
 EXCLUDED = [re.compile(p) for p in (
     r"^bash scripts/(run_main_job|run_tests|install)\.sh$",
     r"^python train_net\.py (?!--help$)",
-    r"^python tools/(visualize_routing|demo|benchmark|convert_reference_checkpoint|budget_sweep)"
-    r"\.py "
+    # task_learning_check: run by tests/test_task_learning.py (opt-in, minutes per task)
+    r"^python tools/(visualize_routing|demo|benchmark|convert_reference_checkpoint|budget_sweep"
+    r"|task_learning_check)\.py "
     r"(?!--help$)",
     r"^python tools/analyze_model\.py (?!--help$)(?!.*configs/Synthetic/)",
     r"^python datasets/prepare_(cityscapes|voc)\.py(?! --help$)",
