@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields
-from typing import Dict, Optional, Tuple
+from types import CodeType
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ __all__ = [
     "InferenceOptions",
     "TrainingOptions",
     "compile_forward",
+    "compile_modules",
     "fold_batch_norms",
     "fold_conv",
     "prepare_for_training",
@@ -101,26 +103,41 @@ def compile_forward(module: nn.Module, backend: str, mode: str = "default") -> n
     convolution, transitions, decoder); those modules are compiled one by one and the
     routing between them stays in Python. The module keeps its class and state-dict keys.
     """
-    if not backend:
-        return module
-    module.forward = compile_function(_own_code(module.forward), backend, mode)
+    compile_modules([module], backend, mode)
     return module
 
 
-def _own_code(method):
-    """A function calling ``method`` whose code object belongs to it alone.
+def compile_modules(modules: Iterable[nn.Module], backend: str, mode: str = "default") -> None:
+    """:func:`compile_forward` for several modules; modules of one kind share compiled code.
 
     torch.compile caches compiled versions per code object, at most ``recompile_limit``
     (8) of them, and wraps callables from torch's own files (``nn.Conv2d.forward``...) in
-    one shared wrapper: the dozens of modules of a network would share a cache, exhaust it
+    one shared wrapper: the dozens of modules of a network would share one cache, exhaust it
     after a few shapes and run the rest eagerly (seen on a GPU: compiled inference no
-    faster than eager). A wrapper defined here, with a fresh copy of its code object per
-    module, gives each module its own cache; torch.compile inlines ``method`` into it.
+    faster than eager). Here each kind of module (same class and configuration, i.e. the
+    same ``repr``: layers, channels, strides) calls its forward through a wrapper with a
+    code object of its own. Modules of one kind differ only in their weights, which
+    torch.compile passes to the compiled code as inputs, so a kind is compiled once per
+    input shape rather than once per module (sharing a code object only shares the cache:
+    each compiled version is guarded, so a module it does not fit gets its own).
     """
+    if not backend:
+        return
+    codes: Dict[Tuple[type, str], CodeType] = {}
+    for module in modules:
+        kind = (type(module), repr(module))
+        wrapper = _calling(module.forward)
+        # replace() always builds a new code object: one per kind
+        wrapper.__code__ = codes.setdefault(kind, wrapper.__code__.replace())
+        module.forward = compile_function(wrapper, backend, mode)
+
+
+def _calling(method):
+    """A plain function that calls ``method`` (defined here, so torch.compile traces it
+    instead of wrapping it)."""
     def call(*args, **kwargs):
         return method(*args, **kwargs)
 
-    call.__code__ = call.__code__.replace()  # replace() always builds a new code object
     return call
 
 
@@ -247,8 +264,7 @@ class InferenceCopy(nn.Module):
             if isinstance(m, SoftGate):
                 m.proj.float()
         self.eval()
-        for m in _static_modules(self.backbone):
-            compile_forward(m, o.compile, o.compile_mode)
+        compile_modules(_static_modules(self.backbone), o.compile, o.compile_mode)
         if o.compile:
             self.head.stride4_logits = compile_function(
                 self.head.stride4_logits, o.compile, o.compile_mode)
@@ -336,6 +352,6 @@ def prepare_for_training(model: nn.Module, cfg) -> nn.Module:
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     if options.compile:
-        for module in _static_modules(model.backbone) + [model.sem_seg_head]:
-            compile_forward(module, options.compile, options.compile_mode)
+        compile_modules(_static_modules(model.backbone) + [model.sem_seg_head],
+                        options.compile, options.compile_mode)
     return model
