@@ -215,6 +215,27 @@ def test_fast_path_equals_faithful_on_batch_with_different_routes(routed_model, 
     assert _mixed_cells(ref_routing) >= 2  # the batch really routes images differently
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_every_static_module_runs_in_the_copys_memory_layout(routed_model, channels_last):
+    # sub-batches of images that take different routes keep the layout: a convolution fed
+    # the other one converts (or picks slower kernels) on every call
+    from dyn_seg.modeling.transforms import _static_modules
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = InferenceCopy(routed_model, InferenceOptions(channels_last=channels_last))
+    seen = []
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].is_contiguous(memory_format=layout)))
+        for m in _static_modules(net.backbone)]
+    try:
+        _, _, routing = net(_images(6, seed=1))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert _mixed_cells(routing) >= 2  # sub-batches were formed
+    assert seen and all(seen), f"{seen.count(False)} of {len(seen)} calls in another layout"
+
+
 def test_fast_path_equals_faithful_image_by_image(routed_model):
     x = _images(6, seed=1)
     for i in range(x.shape[0]):

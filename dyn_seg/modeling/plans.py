@@ -116,8 +116,20 @@ Scale = Union[None, float, torch.Tensor]
 
 
 def _zeros(shape, like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    return torch.zeros(shape, dtype=like.dtype, device=like.device).contiguous(
-        memory_format=memory_format)
+    # allocated in its layout (zeros() then contiguous() would copy a channels_last one)
+    return torch.empty(shape, dtype=like.dtype, device=like.device,
+                       memory_format=memory_format).zero_()
+
+
+def _take(x: torch.Tensor, index: torch.Tensor, memory_format: torch.memory_format
+          ) -> torch.Tensor:
+    """The sub-batch ``x[index]`` in ``memory_format``. (``index_select`` returns a
+    contiguous tensor from a channels_last one: the convolutions after it would then run
+    in the other layout.)"""
+    sub = x[index]
+    if not sub.is_contiguous(memory_format=memory_format):
+        sub = sub.contiguous(memory_format=memory_format)
+    return sub
 
 
 @dataclass
@@ -266,7 +278,8 @@ class FastPlan:
             return _FastOutputs(signals, CellRouting(record, True))
 
         ops_rows = plan.ops_rows
-        x_ops = x if ops_rows is None else x.index_select(0, _index(ops_rows, x))
+        fmt = self.memory_format
+        x_ops = x if ops_rows is None else _take(x, _index(ops_rows, x), fmt)
         act = cell.body(x_ops)
         signals = {}
         for path in paths:
@@ -274,7 +287,7 @@ class FastPlan:
             if rows == []:
                 values = None
             else:
-                src = act if rows == ops_rows else act.index_select(0, _local(rows, ops_rows, x))
+                src = act if rows == ops_rows else _take(act, _local(rows, ops_rows, x), fmt)
                 values = cell.transition(path, src)
             if path == KEEP and plan.shut_rows:
                 signals[path] = self._keep_with_shut(x, values, rows, alpha, host_alpha,
