@@ -328,6 +328,17 @@ def test_compiled_static_modules_each_keep_their_own_compiled_code(routed_model)
     torch._dynamo.reset()
 
 
+def test_modules_share_compiled_code_by_kind_except_with_cuda_graphs():
+    from dyn_seg.modeling.transforms import _compile_kind
+
+    a, b, c = nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 16, 3)
+    assert _compile_kind(a, "inductor", "default") == _compile_kind(b, "inductor", "default")
+    assert _compile_kind(a, "inductor", "default") != _compile_kind(c, "inductor", "default")
+    # a CUDA graph records its weights' addresses: one per module
+    assert (_compile_kind(a, "inductor", "reduce-overhead")
+            != _compile_kind(b, "inductor", "reduce-overhead"))
+
+
 def test_fast_network_is_inference_only(routed_model):
     net = InferenceCopy(routed_model)
     with pytest.raises(RuntimeError, match="inference only"):

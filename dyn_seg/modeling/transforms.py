@@ -119,17 +119,28 @@ def compile_modules(modules: Iterable[nn.Module], backend: str, mode: str = "def
     code object of its own. Modules of one kind differ only in their weights, which
     torch.compile passes to the compiled code as inputs, so a kind is compiled once per
     input shape rather than once per module (sharing a code object only shares the cache:
-    each compiled version is guarded, so a module it does not fit gets its own).
+    each compiled version is guarded, so a module it does not fit gets its own). With CUDA
+    graphs each module is a kind of its own (:func:`_compile_kind`).
     """
     if not backend:
         return
-    codes: Dict[Tuple[type, str], CodeType] = {}
+    codes: Dict[object, CodeType] = {}
     for module in modules:
-        kind = (type(module), repr(module))
+        kind = _compile_kind(module, backend, mode)
         wrapper = _calling(module.forward)
         # replace() always builds a new code object: one per kind
         wrapper.__code__ = codes.setdefault(kind, wrapper.__code__.replace())
         module.forward = compile_function(wrapper, backend, mode)
+
+
+def _compile_kind(module: nn.Module, backend: str, mode: str) -> object:
+    """Which modules share compiled code: those of one class and configuration, except
+    with CUDA graphs ("reduce-overhead"), where a graph records its weights' addresses and
+    modules of one kind would replace each other's recordings: there every module is its
+    own kind."""
+    if backend == "inductor" and mode == "reduce-overhead":
+        return id(module)
+    return (type(module), repr(module))
 
 
 def _calling(method):
