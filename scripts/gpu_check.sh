@@ -82,7 +82,7 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
                   "python": platform.python_version()}))
 EOF
 
-RESERVE_S=300 run_part cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+RESERVE_S=300 run_part cuda_tests 150 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
 for net in L16 L33; do
     declare -n NET=$net
     for batch in 1 "$B8"; do
