@@ -60,8 +60,9 @@ def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
         key: CellRouting(torch.ones(1, len(cost.paths)), dropped=False)
         for key, cost in table.items()
     }
-    expected, real = routing_flops(backbone.cell_specs, table, open_gates, 1, torch.zeros(1))
-    gates = sum(table[(s.layer, s.scale)].gate for layer in backbone.cell_specs for s in layer)
+    costs = backbone.routing_costs(size)
+    expected, real = routing_flops(costs, open_gates, 1, torch.zeros(1))
+    gates = costs.gates
     head_flops = 0.0
     if hasattr(model, "dense_head_mflops"):
         head_flops = float(model.dense_head_mflops(size))

@@ -11,7 +11,15 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from .cell import RoutingCell
-from .flops import CellFlops, CellRouting, cell_flops, routing_flops, stem_flops
+from .flops import (
+    CellFlops,
+    CellRouting,
+    RoutingCosts,
+    cell_flops,
+    routing_costs,
+    routing_flops,
+    stem_flops,
+)
 from .layers import ConvSpec, build_convs, depthwise, kaiming_init, pointwise
 from .ops import operation_specs, validate_cell_type
 from .plans import FaithfulPlan
@@ -144,6 +152,7 @@ class DynamicNetwork(Backbone):
         self._out_feature_channels = {n: s.channels for n, s in zip(self._out_features, last)}
         self._out_feature_strides = {n: s.stride for n, s in zip(self._out_features, last)}
         self._flops_tables: Dict[Tuple[int, int], Tuple[Dict, float]] = {}
+        self._routing_costs: Dict[Tuple[int, int], RoutingCosts] = {}
         self.reset_parameters()
 
     @classmethod
@@ -212,8 +221,9 @@ class DynamicNetwork(Backbone):
                 f"{tuple(x.shape)}; convert grayscale or RGBA images to 3 channels first."
             )
         features, routing = (plan or _FAITHFUL).run(self, x)
-        table, stem = self.flops_table(self.counting_size(x))
-        expected, real = routing_flops(self.cell_specs, table, routing, x.shape[0], x)
+        size = self.counting_size(x)
+        _, stem = self.flops_table(size)
+        expected, real = routing_flops(self.routing_costs(size), routing, x.shape[0], x)
         return features, RoutingRecord(routing, expected, real, stem)
 
     def counting_size(self, x: torch.Tensor) -> Tuple[int, int]:
@@ -233,6 +243,14 @@ class DynamicNetwork(Backbone):
                 )
             self._flops_tables[size] = (table, stem_flops(self.stem_specs, size, self.norm))
         return self._flops_tables[size]
+
+    def routing_costs(self, size: Tuple[int, int]) -> RoutingCosts:
+        """:func:`~.flops.routing_costs` at counting size ``size`` (cached per size)."""
+        if size not in self._routing_costs:
+            table, _ = self.flops_table(size)
+            init_key = (self.init_spec.layer, self.init_spec.scale)
+            self._routing_costs[size] = routing_costs(self.cell_specs, table, init_key)
+        return self._routing_costs[size]
 
 
 _FAITHFUL = FaithfulPlan()

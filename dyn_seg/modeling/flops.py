@@ -121,9 +121,68 @@ class CellRouting:
     dropped: bool
 
 
-def routing_flops(
+@dataclass(frozen=True)
+class RoutingCosts:
+    """The static part of :func:`routing_flops`, laid out for a few matrix products.
+
+    Every cell of ``keys`` (the init cell first, then the routed cells layer by layer) owns
+    ``widths[k]`` consecutive columns of the gate-activation matrix, in gate-channel order;
+    ``edge_costs`` holds per column the MFLOPs of that transition where a routed cell reads
+    it (0 otherwise); ``ops`` the cell's operation MFLOPs (0 for the init cell, whose own
+    FLOPs are not counted); ``gates`` the MFLOPs of all routed cells' gates, which real
+    FLOPs always include. Built by :func:`routing_costs`.
+    """
+
+    keys: Tuple[Tuple[int, int], ...]
+    widths: Tuple[int, ...]
+    edge_costs: Tuple[float, ...]
+    ops: Tuple[float, ...]
+    gates: float
+    _device_cache: Dict = field(default_factory=dict, compare=False, repr=False)
+
+    def tensors(self, device: torch.device, counted: Tuple[bool, ...]):
+        """(edge costs (T,), positions of the columns in a (K, max width) layout (T,),
+        ops (K,) zeroed where ``counted`` is False) on ``device``, cached: the forward pass
+        then copies nothing to the device while its pattern of counted cells repeats."""
+        key = (str(device), counted)
+        if key not in self._device_cache:
+            if len(self._device_cache) > 256:  # training's random drops make many patterns
+                self._device_cache.clear()
+            wmax = max(self.widths)
+            pos = [k * wmax + j for k, w in enumerate(self.widths) for j in range(w)]
+            ops = [c if on else 0.0 for c, on in zip(self.ops, counted)]
+            self._device_cache[key] = (
+                torch.tensor(self.edge_costs, dtype=torch.float32, device=device),
+                torch.tensor(pos, dtype=torch.long, device=device),
+                torch.tensor(ops, dtype=torch.float32, device=device),
+            )
+        return self._device_cache[key]
+
+
+def routing_costs(
     specs: Sequence[Sequence[CellSpec]],
     table: Dict[Tuple[int, int], CellFlops],
+    init_key: Tuple[int, int],
+) -> RoutingCosts:
+    """:class:`RoutingCosts` of the routed cells ``specs`` with the static ``table``."""
+    routed = [s for layer in specs for s in layer]
+    keys = [init_key] + [(s.layer, s.scale) for s in routed]
+    read: Dict[Tuple[int, int], set] = {k: set() for k in keys}
+    for spec in routed:
+        for inp in spec.inputs:
+            read[(inp.layer, inp.scale)].add(inp.path)
+    edge_costs, widths = [], []
+    for key in keys:
+        paths = table[key].paths  # in gate-channel order
+        widths.append(len(paths))
+        edge_costs += [cost if path in read[key] else 0.0 for path, cost in paths.items()]
+    ops = [0.0] + [table[(s.layer, s.scale)].ops for s in routed]
+    gates = sum(table[(s.layer, s.scale)].gate for s in routed)
+    return RoutingCosts(tuple(keys), tuple(widths), tuple(edge_costs), tuple(ops), gates)
+
+
+def routing_flops(
+    costs: RoutingCosts,
     routing: Dict[Tuple[int, int], CellRouting],
     batch_size: int,
     reference: torch.Tensor,
@@ -137,29 +196,33 @@ def routing_flops(
     although that gate never ran (reference rule, PAPER.md section 4). ``routing`` holds
     layer -1 (the init cell) as well, whose own FLOPs are not counted. Expected FLOPs are
     differentiable through alpha.
+
+    Computed with a handful of tensor operations for the whole network (one per cell and
+    input would be ~1,500 tiny kernels per forward pass, milliseconds of pure overhead):
+    the activations of all cells side by side (zeros for a cell that received nothing),
+    times the transitions' costs; per cell the maximum and the sum of its activations,
+    times its operations' cost where it ran.
     """
-    expected = reference.new_zeros(batch_size, dtype=torch.float32)
-    real = reference.new_zeros(batch_size, dtype=torch.float32)
-    for layer in specs:
-        for spec in layer:
-            key = (spec.layer, spec.scale)
-            for inp in spec.inputs:
-                sender = routing[(inp.layer, inp.scale)]
-                if sender.alpha is None:
-                    continue
-                sender_paths = table[(inp.layer, inp.scale)].paths  # in gate-channel order
-                a = sender.alpha[:, list(sender_paths).index(inp.path)].float()
-                cost = sender_paths[inp.path]
-                expected = expected + a * cost
-                real = real + (a > GATE_EPS).float() * cost
-            own = routing[key]
-            cost = table[key]
-            real = real + cost.gate
-            if own.alpha is None or own.dropped:
-                continue
-            a = own.alpha.float()
-            expected = expected + a.max(dim=1).values * cost.ops
-            real = real + (a.sum(dim=1) > GATE_EPS).float() * cost.ops
+    device = reference.device
+    alphas, counted = [], []
+    for key, width in zip(costs.keys, costs.widths):
+        cell = routing[key]
+        if cell.alpha is None:
+            alphas.append(torch.zeros(batch_size, width, device=device))
+            counted.append(False)
+        else:
+            alphas.append(cell.alpha.float())
+            counted.append(not cell.dropped)
+    edge_costs, positions, ops = costs.tensors(device, tuple(counted))
+    a = torch.cat(alphas, dim=1)  # (N, T)
+    expected = a @ edge_costs
+    real = (a > GATE_EPS).float() @ edge_costs + costs.gates
+    # activations are >= 0: zero padding changes neither a cell's maximum nor its sum
+    wmax = max(costs.widths)
+    per_cell = a.new_zeros(batch_size, len(costs.keys) * wmax).index_copy(1, positions, a)
+    per_cell = per_cell.view(batch_size, len(costs.keys), wmax)
+    expected = expected + per_cell.max(dim=2).values @ ops  # one maximum gets the gradient
+    real = real + (per_cell.sum(dim=2) > GATE_EPS).float() @ ops
     return expected, real
 
 
