@@ -65,3 +65,66 @@ def test_starved_cell_adds_its_gate_and_decoder_counts_every_layer(fast):
 def test_decoder_flops_are_one_constant_per_counting_size():
     model = _model(fast=False)
     assert model.sem_seg_head.flops((64, 64)) * 1e6 == pytest.approx(HEAD)
+
+
+def _per_cell_rule(net, routing, n):
+    """The rule of PAPER.md section 4 written cell by cell (independently of dyn_seg's
+    vectorised accounting): expected = max(alpha) * ops + alpha * transition over inputs;
+    real = [sum(alpha) > eps] * ops + [alpha > eps] * transition + every routed gate."""
+    from dyn_seg.modeling.cell import GATE_EPS
+
+    table, _ = net.flops_table(net.counting_size(torch.zeros(1, 3, 64, 64)))
+    expected, real = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    for spec in (s for layer in net.cell_specs for s in layer):
+        for inp in spec.inputs:
+            sender = routing[(inp.layer, inp.scale)]
+            if sender.alpha is None:
+                continue
+            paths = list(table[(inp.layer, inp.scale)].paths)
+            a = sender.alpha[:, paths.index(inp.path)].double()
+            cost = table[(inp.layer, inp.scale)].paths[inp.path]
+            expected += a * cost
+            real += (a > GATE_EPS).double() * cost
+        own, cost = routing[(spec.layer, spec.scale)], table[(spec.layer, spec.scale)]
+        real += cost.gate
+        if own.alpha is not None and not own.dropped:
+            expected += own.alpha.double().max(dim=1).values * cost.ops
+            real += (own.alpha.double().sum(dim=1) > GATE_EPS).double() * cost.ops
+    return expected, real
+
+
+def test_routing_flops_follow_the_rule_for_open_closed_dropped_and_absent_cells():
+    from dyn_seg.modeling.flops import CellRouting, routing_flops
+
+    torch.manual_seed(0)
+    net = build_model(tiny_cfg(**{"MODEL.BACKBONE.LAYER_NUM": 3})).backbone
+    g = torch.Generator().manual_seed(1)
+    n = 3
+    routing = {}
+    keys = [(net.init_spec.layer, net.init_spec.scale)] + [
+        (s.layer, s.scale) for layer in net.cell_specs for s in layer]
+    table, _ = net.flops_table((64, 64))
+    for i, key in enumerate(keys):
+        width = len(table[key].paths)
+        alpha = torch.rand(n, width, generator=g)
+        alpha[alpha < 0.3] = 0.0  # closed paths
+        alpha.requires_grad_(True)
+        if i % 5 == 3:
+            routing[key] = CellRouting(None, True)      # received nothing
+        elif i % 5 == 4:
+            routing[key] = CellRouting(alpha, True)     # dropped (drop path)
+        else:
+            routing[key] = CellRouting(alpha, False)
+    assert any(r.alpha is None for r in routing.values())
+    expected, real = routing_flops(net.routing_costs((64, 64)), routing, n, torch.zeros(1))
+    want_expected, want_real = _per_cell_rule(net, routing, n)
+    torch.testing.assert_close(expected.double(), want_expected, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(real.double(), want_real, rtol=1e-6, atol=1e-9)
+    # expected FLOPs carry the gradient the budget loss needs, as the rule's do
+    alphas = [r.alpha for r in routing.values() if r.alpha is not None]
+    grads = torch.autograd.grad(expected.sum(), alphas, allow_unused=True)
+    want = torch.autograd.grad(want_expected.sum(), alphas, allow_unused=True)
+    for alpha, got, ref in zip(alphas, grads, want):
+        got = torch.zeros_like(alpha) if got is None else got
+        ref = torch.zeros_like(alpha) if ref is None else ref
+        torch.testing.assert_close(got.double(), ref.double(), rtol=1e-6, atol=1e-9)
