@@ -69,6 +69,11 @@ class RoutingRecord:
     real_flops: torch.Tensor
     stem_flops: float
 
+    @property
+    def backbone_flops(self) -> torch.Tensor:
+        """(N,) real MFLOPs of the whole routed network per image: stem + cells."""
+        return self.real_flops.detach() + self.stem_flops
+
 
 class DynamicNetwork(Backbone):
     """Stem + init cell + ``layer_num`` layers of routing cells.

@@ -140,6 +140,11 @@ class RoutingCosts:
     gates: float
     _device_cache: Dict = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def max_width(self) -> int:
+        """Columns per cell in the per-cell layout of :meth:`tensors`."""
+        return max(self.widths)
+
     def tensors(self, device: torch.device, counted: Tuple[bool, ...]):
         """(edge costs (T,), positions of the columns in a (K, max width) layout (T,),
         ops (K,) zeroed where ``counted`` is False) on ``device``, cached: the forward pass
@@ -148,8 +153,7 @@ class RoutingCosts:
         if key not in self._device_cache:
             if len(self._device_cache) > 256:  # training's random drops make many patterns
                 self._device_cache.clear()
-            wmax = max(self.widths)
-            pos = [k * wmax + j for k, w in enumerate(self.widths) for j in range(w)]
+            pos = [k * self.max_width + j for k, w in enumerate(self.widths) for j in range(w)]
             ops = [c if on else 0.0 for c, on in zip(self.ops, counted)]
             self._device_cache[key] = (
                 torch.tensor(self.edge_costs, dtype=torch.float32, device=device),
@@ -218,9 +222,9 @@ def routing_flops(
     expected = a @ edge_costs
     real = (a > GATE_EPS).float() @ edge_costs + costs.gates
     # activations are >= 0: zero padding changes neither a cell's maximum nor its sum
-    wmax = max(costs.widths)
-    per_cell = a.new_zeros(batch_size, len(costs.keys) * wmax).index_copy(1, positions, a)
-    per_cell = per_cell.view(batch_size, len(costs.keys), wmax)
+    cells, width = len(costs.keys), costs.max_width
+    per_cell = a.new_zeros(batch_size, cells * width).index_copy(1, positions, a)
+    per_cell = per_cell.view(batch_size, cells, width)
     expected = expected + per_cell.max(dim=2).values @ ops  # one maximum gets the gradient
     real = real + (per_cell.sum(dim=2) > GATE_EPS).float() @ ops
     return expected, real

@@ -124,7 +124,7 @@ class DynamicSemanticSegmentor(nn.Module):
         if logits is None:
             logits, _ = self.sem_seg_head(features)
         real, expected = self.image_flops(routing, images.tensor)
-        backbone = routing.real_flops + routing.stem_flops
+        backbone = routing.backbone_flops
         results = []
         for i, (result, inp, size) in enumerate(
             zip(logits, batched_inputs, images.image_sizes)
@@ -151,5 +151,5 @@ class DynamicSemanticSegmentor(nn.Module):
         """Per-image (real, expected) MFLOPs: real = cells + stem + head, expected = cells."""
         size = self.backbone.counting_size(images)
         head = self.sem_seg_head.flops(size)
-        real = routing.real_flops + routing.stem_flops + head
+        real = routing.backbone_flops + head
         return real.detach(), routing.expected_flops.detach()

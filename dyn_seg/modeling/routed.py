@@ -170,7 +170,7 @@ class RoutedMetaArchMixin(metaclass=abc.ABCMeta):
             self.log_routing(routing, shape, batched_inputs)
             return out
         real, expected = self.image_flops(routing, shape, batched_inputs, out)
-        backbone = routing.real_flops.detach() + routing.stem_flops
+        backbone = routing.backbone_flops
         for i, result in enumerate(out):
             if self.cal_flops:
                 result["flops"] = {"real": float(real[i]) * 1e-3,
@@ -192,7 +192,7 @@ class RoutedMetaArchMixin(metaclass=abc.ABCMeta):
                     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-image (real, expected) MFLOPs: real = cells + stem + heads, expected = cells."""
         heads = self.head_mflops((int(shape[-2]), int(shape[-1])), batched_inputs, outputs)
-        real = routing.real_flops.detach() + routing.stem_flops + heads.to(routing.real_flops)
+        real = routing.backbone_flops + heads.to(routing.real_flops)
         return real, routing.expected_flops.detach()
 
     def log_routing(self, routing: RoutingRecord, shape: Tuple,
