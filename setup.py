@@ -52,5 +52,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "hypothesis", "ruff"],
+        # tools/export_model.py --format onnx and tools/deploy/run_exported.py (docs/DEPLOY.md)
+        "deploy": ["onnx>=1.17", "onnxscript>=0.2", "onnxruntime>=1.20"],
     },
 )

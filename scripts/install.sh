@@ -2,7 +2,7 @@
 # Install dyn_seg and everything it needs into a virtualenv.
 #
 # Order: torch + torchvision, then detectron2, then the rest of the stack and dyn_seg itself
-# (editable, with the test extras). Each step is skipped when already satisfied, so a
+# (editable, with the test and deploy extras). Each step is skipped when already satisfied, so a
 # second run takes a few seconds.
 #
 # Environment variables:
@@ -126,9 +126,10 @@ if [[ "${DYN_SEG_FORCE_INSTALL:-0}" != 1 && -f "$stamp_file" \
       && "$(cat "$stamp_file")" == "$stamp" && "$installed_root" == "$REPO_ROOT" ]]; then
     log "dyn_seg already installed (editable) from $REPO_ROOT"
 else
-    log "installing dyn_seg (editable) with its dependencies and test tools"
+    log "installing dyn_seg (editable) with its dependencies, test tools and export tools"
     log "(pip may warn that sal-detectron2 wants numpy<2 and black: neither is needed)"
-    pip_install -e ".[test]"
+    # deploy: onnx, onnxscript, onnxruntime, so that the tests exercise the ONNX export
+    pip_install -e ".[test,deploy]"
     printf '%s\n' "$stamp" > "$stamp_file"
 fi
 
@@ -166,6 +167,9 @@ import cityscapesscripts  # noqa: F401
 from cityscapesscripts.helpers import labels  # noqa: F401
 import shapely  # noqa: F401
 import panopticapi.evaluation  # noqa: F401
+import onnx  # noqa: F401
+import onnxruntime  # noqa: F401
+import onnxscript  # noqa: F401
 
 
 def version(dist):
@@ -188,6 +192,9 @@ rows = [
     ("fvcore", version("fvcore")),
     ("shapely", version("shapely")),
     ("panopticapi-lite", version("panopticapi-lite")),
+    ("onnx", version("onnx")),
+    ("onnxscript", version("onnxscript")),
+    ("onnxruntime", version("onnxruntime")),
     ("dyn_seg", version("dyn_seg")),
 ]
 for name, value in rows:

@@ -10,6 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
+from .capture import forbid_capture
 from .cell import RoutingCell
 from .flops import (
     CellFlops,
@@ -200,6 +201,9 @@ class DynamicNetwork(Backbone):
     def all_cells(self) -> List[RoutingCell]:
         """The init cell followed by every routed cell, layer by layer."""
         return [self.init_cell] + [c for layer in self.cells for c in layer]
+
+    def __prepare_scriptable__(self):  # torch.jit.script calls it before compiling
+        forbid_capture("DynamicNetwork (routing in Python)", kind="scripted")
 
     @property
     def size_divisibility(self) -> int:

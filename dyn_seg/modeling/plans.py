@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .capture import forbid_capture
 from .cell import CellOutputs, batch_drops, image_shut, transition_shape
 from .flops import CellRouting
 from .routing_space import KEEP, CellSpec
@@ -235,6 +236,7 @@ class FastPlan:
 
     @torch.no_grad()
     def run(self, network, x: torch.Tensor) -> Tuple[Features, Dict[Key, CellRouting]]:
+        forbid_capture("FastPlan (routes planned on the host from the gates' values)")
         if network.training:
             raise RuntimeError(
                 "FastPlan is for inference: call model.eval() first (training runs the "

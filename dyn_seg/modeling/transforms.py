@@ -27,6 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils._pytree import tree_map_only
 
 from .backbone import RoutingRecord
+from .capture import forbid_capture
 from .gate import SoftGate
 from .plans import FastPlan
 
@@ -318,6 +319,7 @@ class FastInference:
 
     @staticmethod
     def _weights_key(model: nn.Module) -> tuple:
+        forbid_capture("FastInference's weight cache (keyed by data pointers)")
         tensors = list(model.parameters()) + list(model.buffers())
         return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
 
