@@ -9,7 +9,10 @@ Prints one JSON line per measurement (and a header line describing device and se
   with real GFLOPs per image, the share of the all-open real FLOPs that the gates shut,
   and agreement with the faithful logits (largest difference, argmax agreement);
 * ``train``: training steps per second (forward, losses, backward, SGD step) for the
-  faithful path and the training switches (channels_last, bf16 autocast, compile).
+  faithful path and the training switches (channels_last, bf16 autocast, compile);
+* ``deploy`` (CPU): latency of the exported models (``.pt2`` with torch, ``.onnx`` in ONNX
+  Runtime; conditional and dense) against the eager fast plan, for each of
+  ``--deploy-gates`` (exports into ``--deploy-dir``; minutes per pattern for L16).
 
 All modes run on the same weights and input, interleaved, median of --iters after
 --warmup rounds. Without --weights the random network's norms are calibrated on random
@@ -24,6 +27,8 @@ Examples::
         --device cuda --size 1024 2048 --gates paths:0.5 --task inference
     python tools/benchmark.py --task train --train-size 768 768 --train-batch 8 \\
         --train-modes faithful channels_last-bf16 compile --device cuda
+    python tools/benchmark.py --task deploy --device cpu --threads 1 --size 256 512 \\
+        --deploy-gates open cells:0.5
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -63,7 +69,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: float32 convolutions and matmuls without TF32 (PyTorch's "
                         "default rounds convolutions to TF32; argmax checks want it off)")
-    p.add_argument("--task", choices=["inference", "train", "all"], default="inference")
+    p.add_argument("--task", choices=["inference", "train", "all", "deploy"],
+                   default="inference", help="all: inference and train")
     add_size_argument(p, default=(1024, 2048), help="inference input size (padded to MAX_STRIDE)")
     p.add_argument("--batch", type=int, default=1, help="inference batch size")
     p.add_argument("--modes", nargs="+", default=["faithful", "fast-base", "fast-fold",
@@ -76,6 +83,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    choices=list(TRAINING_MODES))
     p.add_argument("--gates", default="natural",
                    help="natural | open | paths:F | cells:F (fraction F forced closed)")
+    p.add_argument("--deploy-gates", nargs="+", default=["open", "cells:0.5"],
+                   help="--task deploy: gate patterns (forms of --gates), one export each")
+    p.add_argument("--deploy-dir", default="output/benchmark_deploy",
+                   help="--task deploy: where the exported models are written")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, gates and inputs")
     p.add_argument("--calibrate", type=int, default=-1,
                    help="random batches to calibrate norms on (-1: 2 without --weights)")
@@ -83,7 +94,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10, help="interleaved measured rounds")
     add_weights_and_opts(p, "checkpoint to load (default: random init)")
     args = parse_tool_args(p, argv)
-    parse_gates(args.gates)  # fail early with the allowed forms
+    for gates in [args.gates] + list(args.deploy_gates):
+        parse_gates(gates)  # fail early with the allowed forms
+    if args.task == "deploy" and args.device != "cpu":
+        p.error("--task deploy measures CPU runtimes (ONNX Runtime's CPU provider): use "
+                "--device cpu")
     return args
 
 
@@ -110,8 +125,8 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     calibrate = args.calibrate if args.calibrate >= 0 else (0 if args.weights else 2)
     device = torch.device(args.device)
     size = tuple(args.size)
-    weights = prepare_weights(model, args.gates, args.seed, calibrate,
-                              calibration_size=(size[0] // 2, size[1] // 2))
+    weights = {"gates": args.deploy_gates} if args.task == "deploy" else prepare_weights(
+        model, args.gates, args.seed, calibrate, calibration_size=(size[0] // 2, size[1] // 2))
     header = {
         "task": "setup",
         "device": device_name(device),
@@ -125,11 +140,22 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
         **weights,
         "command": " ".join(["python", "tools/benchmark.py"] + (argv or sys.argv[1:])),
     }
+    if args.task == "deploy":
+        header["onnxruntime"] = _version("onnxruntime")
+        header["load_average"] = list(os.getloadavg())  # a shared machine: busy or not
     records = [header]
     print(json.dumps(header), flush=True)
     if args.task in ("inference", "all"):
         for r in benchmark_inference(model, args.modes, size, args.batch, args.warmup,
                                      args.iters, args.seed):
+            records.append(r)
+            print(json.dumps(r), flush=True)
+    if args.task == "deploy":
+        from dyn_seg.benchmark.deploy import benchmark_deploy
+
+        threads = torch.get_num_threads()
+        for r in benchmark_deploy(model, args.deploy_gates, size, args.batch, args.warmup,
+                                  args.iters, args.seed, calibrate, args.deploy_dir, threads):
             records.append(r)
             print(json.dumps(r), flush=True)
     if args.task in ("train", "all"):
@@ -138,6 +164,15 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
             records.append(r)
             print(json.dumps(r), flush=True)
     return records
+
+
+def _version(dist: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
 
 
 if __name__ == "__main__":

@@ -194,6 +194,11 @@ def _stats(seconds: Sequence[float]) -> dict:
     }
 
 
+# public names for the other benchmarks of this package (dyn_seg.benchmark.deploy)
+time_interleaved = _interleaved
+latency_stats = _stats
+
+
 @dataclass
 class _InferenceMode:
     name: str

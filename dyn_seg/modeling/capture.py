@@ -27,7 +27,8 @@ def _flag(value, like: torch.Tensor) -> torch.Tensor:
     """A presence flag as a 0-dim bool tensor (a fill kernel, no host-to-device copy)."""
     if isinstance(value, torch.Tensor):
         return value
-    return torch.full((), bool(value), dtype=torch.bool, device=like.device)
+    # ones / zeros rather than full(): jit tracing cannot record full() with a bool value
+    return (torch.ones if value else torch.zeros)((), dtype=torch.bool, device=like.device)
 
 
 def flatten_record(record: RoutingRecord, keys: Sequence[Key], feature_names: Sequence[str],

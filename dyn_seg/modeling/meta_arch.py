@@ -14,6 +14,7 @@ from torch import nn
 from ..config_checks import check_model_config
 from .backbone import DynamicNetwork, RoutingRecord
 from .budget import BudgetConstraint
+from .export_guards import forbid_capture
 from .transforms import FastInference
 
 __all__ = ["DynamicSemanticSegmentor"]
@@ -123,6 +124,9 @@ class DynamicSemanticSegmentor(nn.Module):
 
         if logits is None:
             logits, _ = self.sem_seg_head(features, present=routing.feature_present)
+        # per-image results read the record on the host: a trace would freeze them
+        forbid_capture("DynamicSemanticSegmentor's per-image results (host floats, "
+                       "(layer, scale) keys)")
         real, expected = self.image_flops(routing, images.tensor)
         backbone = routing.backbone_flops
         results = []
