@@ -23,6 +23,9 @@ place that covers it, so that a new command in the docs needs a decision. Not ru
   checkpoint).
 * ``python datasets/prepare_cityscapes.py`` / ``prepare_voc.py``: they need the real
   datasets; tests/test_data_synthetic.py and tests/test_data_check.py.
+* ``python tools/export_model.py`` and ``python tools/deploy/run_exported.py`` (an export
+  takes minutes): tests/test_export.py runs both tools on a small config, and every format
+  and export method on routed images.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ EXCLUDED = [re.compile(p) for p in (
     r"^python train_net\.py (?!--help$)",
     # task_learning_check: run by tests/test_task_learning.py (opt-in, minutes per task)
     r"^python tools/(visualize_routing|demo|benchmark|convert_reference_checkpoint|budget_sweep"
-    r"|task_learning_check)\.py "
+    r"|task_learning_check|export_model|deploy/run_exported)\.py "
     r"(?!--help$)",
     r"^python tools/analyze_model\.py (?!--help$)(?!.*configs/Synthetic/)",
     r"^python datasets/prepare_(cityscapes|voc)\.py(?! --help$)",
