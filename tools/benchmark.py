@@ -73,7 +73,6 @@ from dyn_seg.benchmark.profiling import profile_inference
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
 
-
 DEFAULT_MODES = {
     "inference": ["faithful", "fast-base", "fast-fold", "fast-fold-cl", "fast-fold-cl-skip",
                   "fast"],
