@@ -27,8 +27,7 @@ from .modes import (
     TRAINING_MODE_SPECS,
     UnavailableMode,
     available,
-    inference_options,
-    training_options,
+    resolve,
 )
 from .patterns import apply_gate_pattern, calibrate_batch_norm, random_gate_pattern
 
@@ -210,6 +209,7 @@ class _InferenceMode:
     options: Optional[InferenceOptions]
     run: Callable[[], tuple]
     build_s: float
+    bridge: str = ""
 
 
 def _faithful_inference(model: nn.Module, images: torch.Tensor) -> Callable[[], tuple]:
@@ -250,13 +250,17 @@ def build_inference(model: nn.Module, modes: Sequence[str], images: torch.Tensor
     model.eval()
     built: List[_InferenceMode] = []
     for name in modes:
-        options = inference_options(name, device)
+        mode = resolve("inference", name, device)
         start = time.perf_counter()
-        if options is None:
+        if mode.options is None:
             run = _faithful_inference(model, images)
         else:
-            run = functools.partial(InferenceCopy(model, options), images)
-        built.append(_InferenceMode(name, options, run, time.perf_counter() - start))
+            copy_ = InferenceCopy(model, mode.options)
+            if mode.adapt is not None:
+                mode.adapt(copy_)
+            run = functools.partial(copy_, images)
+        built.append(_InferenceMode(name, mode.options, run, time.perf_counter() - start,
+                                    mode.bridge))
     return built
 
 
@@ -303,6 +307,7 @@ def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int,
             "build_s": mode.build_s,
             **memory[mode.name],
             "options": mode.options.describe() if mode.options is not None else None,
+            **({"bridge": mode.bridge} if mode.bridge else {}),
         }
         if base is not None:
             record["speedup_vs_faithful"] = base / statistics.median(times[mode.name])
@@ -339,9 +344,12 @@ def _training_batch(size: Tuple[int, int], batch: int, classes: int, device: tor
 def _training_step(model: nn.Module, name: str, data: List[dict]) -> Callable[[], object]:
     """One training step of mode ``name`` on its own copy of ``model``: forward, losses,
     backward, SGD step."""
-    options, bf16 = training_options(name, model.pixel_mean.device)
     device = model.pixel_mean.device
+    mode = resolve("train", name, device)
+    options, bf16 = mode.options, mode.bf16
     replica = prepare_for_training(copy.deepcopy(model).train(), options)
+    if mode.adapt is not None:
+        mode.adapt(replica)
     replica.step_rate = 0.5
     optimizer = torch.optim.SGD(replica.parameters(), lr=1e-6, momentum=0.9)
 
@@ -356,6 +364,7 @@ def _training_step(model: nn.Module, name: str, data: List[dict]) -> Callable[[]
 
     step.replica = replica
     step.replica_options = dataclasses.asdict(options)
+    step.bridge = mode.bridge
     step.bf16 = bf16
     return step
 
@@ -391,6 +400,7 @@ def benchmark_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, 
             "images_per_s": batch / med,
             **memory[name],
             "options": {**steps[name].replica_options, "bf16_autocast": steps[name].bf16},
+            **({"bridge": steps[name].bridge} if steps[name].bridge else {}),
         }
         if base is not None:
             record["speedup_vs_faithful"] = base / med

@@ -10,14 +10,22 @@ modes appear as soon as the model code has them. Some modes need CUDA (captured 
 graphs); on another device they are unavailable, with that reason.
 
 ``faithful`` is the model's own modules in eager float32 (no inference copy).
+
+Bridges: where the model code already has a plan or switch but its options do not name it
+yet, a mode runs it through the options it has and sets the rest on the built module, and
+its records say so (``bridge``): the graph plans as a :class:`~dyn_seg.modeling.plans.GraphPlan`
+set as an inference copy's plan, checkpointing as the backbone's ``checkpoint_cells``.
+Once the options accept the mode's own spelling, that is used instead.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 
 from dyn_seg.modeling.transforms import InferenceOptions, TrainingOptions
 
@@ -25,10 +33,12 @@ __all__ = [
     "INFERENCE_MODE_SPECS",
     "TRAINING_MODE_SPECS",
     "ModeSpec",
+    "ResolvedMode",
     "UnavailableMode",
     "available",
     "inference_options",
     "is_compiled",
+    "resolve",
     "training_options",
 ]
 
@@ -46,6 +56,20 @@ class ModeSpec:
     about: str
     bf16: bool = False
     cuda_only: bool = False
+    bridge: str = ""  # "graph-dense" | "graph-conditional" | "checkpoint" (see the docstring)
+
+
+@dataclass(frozen=True)
+class ResolvedMode:
+    """A mode as this version runs it: ``options`` (None: faithful), ``bf16`` autocast
+    (training), ``adapt`` applied to the built inference copy / training replica (a
+    bridge; None otherwise) and ``bridge``, a description of it for the records."""
+
+    name: str
+    options: object
+    bf16: bool = False
+    adapt: Optional[Callable[[nn.Module], None]] = None
+    bridge: str = ""
 
 
 class UnavailableMode(ValueError):
@@ -54,6 +78,10 @@ class UnavailableMode(ValueError):
 
 def _graph(plan: str, **extra) -> Tuple[Kwargs, ...]:
     return (dict(plan=plan, **extra),)
+
+
+def _graph_spec(plan: str, about: str, **extra) -> ModeSpec:
+    return ModeSpec(_graph(plan, **extra), about, bridge=plan)
 
 
 def _graph_compiled(plan: str, **extra) -> Tuple[Kwargs, ...]:
@@ -89,14 +117,14 @@ INFERENCE_MODE_SPECS: Dict[str, ModeSpec] = {
     "fast-compile-graphs": ModeSpec(
         (dict(compile="inductor", compile_mode="reduce-overhead"),),
         "fast plan, static modules compiled with CUDA graphs per module and shape"),
-    "graph-dense": ModeSpec(_graph("graph-dense"),
-                            "graph plan: every path computed and weighted, no host read"),
-    "graph-conditional": ModeSpec(_graph("graph-conditional"),
-                                  "graph plan: cell bodies and transitions guarded by device "
-                                  "predicates, closed paths not computed"),
-    "graph-dense-bf16": ModeSpec(_graph("graph-dense", bf16=True), "graph-dense in bfloat16"),
-    "graph-conditional-bf16": ModeSpec(_graph("graph-conditional", bf16=True),
-                                       "graph-conditional in bfloat16"),
+    "graph-dense": _graph_spec("graph-dense",
+                               "graph plan: every path computed and weighted, no host read"),
+    "graph-conditional": _graph_spec("graph-conditional",
+                                     "graph plan: cell bodies and transitions guarded by "
+                                     "device predicates, closed paths not computed"),
+    "graph-dense-bf16": _graph_spec("graph-dense", "graph-dense in bfloat16", bf16=True),
+    "graph-conditional-bf16": _graph_spec("graph-conditional", "graph-conditional in bfloat16",
+                                          bf16=True),
     "graph-dense-compile": ModeSpec(_graph_compiled("graph-dense"),
                                     "graph-dense, one torch.compile(fullgraph=True)"),
     "graph-conditional-compile": ModeSpec(_graph_compiled("graph-conditional"),
@@ -132,9 +160,10 @@ TRAINING_MODE_SPECS: Dict[str, ModeSpec] = {
     "channels_last-bf16-compile": ModeSpec((dict(channels_last=True, compile="inductor"),),
                                            "channels_last + bf16 + static modules compiled",
                                            bf16=True),
-    "checkpoint": ModeSpec((dict(checkpoint=True),), "per-cell activation checkpointing"),
+    "checkpoint": ModeSpec((dict(checkpoint=True),), "per-cell activation checkpointing",
+                           bridge="checkpoint"),
     "bf16-checkpoint": ModeSpec((dict(checkpoint=True),), "bf16 + per-cell checkpointing",
-                                bf16=True),
+                                bf16=True, bridge="checkpoint"),
     "compile-graph": ModeSpec(_COMPILE_GRAPH, "whole network, torch.compile(fullgraph=True)"),
     "bf16-compile-graph": ModeSpec(_COMPILE_GRAPH, "bf16 + whole-network compile", bf16=True),
     "channels_last-bf16-compile-graph": ModeSpec(
@@ -146,9 +175,9 @@ TRAINING_MODE_SPECS: Dict[str, ModeSpec] = {
 }
 
 
-def _build(cls, spec: ModeSpec, name: str):
+def _build(cls, spec: ModeSpec, name: str, reasons: List[str]):
+    """The options of the first spelling ``cls`` accepts; None (``reasons`` filled)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    reasons = []
     for kwargs in spec.spellings:
         missing = sorted(set(kwargs) - names)
         if missing:
@@ -158,10 +187,12 @@ def _build(cls, spec: ModeSpec, name: str):
             return cls(**kwargs)
         except (TypeError, ValueError) as e:  # the options reject the values
             reasons.append(f"{cls.__name__}({_spell(kwargs)}): {e}")
-    raise UnavailableMode(
-        f"mode {name!r} ({spec.about}) is not available in this version: "
-        + "; ".join(reasons or ["no spelling"])
-    )
+    return None
+
+
+def _unavailable(spec: ModeSpec, name: str, reasons: List[str]) -> UnavailableMode:
+    return UnavailableMode(f"mode {name!r} ({spec.about}) is not available in this version: "
+                           + "; ".join(reasons or ["no spelling"]))
 
 
 def _spell(kwargs: Kwargs) -> str:
@@ -180,24 +211,80 @@ def _spec(table: Dict[str, ModeSpec], name: str, kind: str) -> ModeSpec:
     return table[name]
 
 
-def inference_options(name: str, device: Union[str, torch.device, None] = None
-                      ) -> Optional[InferenceOptions]:
-    """The options of inference mode ``name`` (None: the faithful plan). Raises
+def _graph_bridge(spec: ModeSpec, name: str, reasons: List[str]) -> Optional[ResolvedMode]:
+    try:
+        from dyn_seg.modeling.plans import GraphPlan
+    except ImportError:
+        reasons.append("dyn_seg.modeling.plans has no GraphPlan")
+        return None
+    base = {k: v for k, v in spec.spellings[0].items() if k != "plan"}
+    options = _build(InferenceOptions, ModeSpec((base,), spec.about), name, reasons)
+    if options is None:
+        return None
+    conditional = spec.bridge == "graph-conditional"
+
+    def adapt(copy: nn.Module) -> None:
+        copy.plan = GraphPlan(conditional=conditional,
+                              memory_format=copy.options.memory_format)
+
+    return ResolvedMode(name, options, adapt=adapt,
+                        bridge=f"GraphPlan(conditional={conditional}) as the plan of an "
+                               f"InferenceCopy({_spell(base) or 'defaults'})")
+
+
+def _checkpoint_bridge(spec: ModeSpec, name: str, reasons: List[str]) -> Optional[ResolvedMode]:
+    from dyn_seg.modeling import plans
+
+    if "checkpoint_cells" not in inspect.getsource(plans):
+        reasons.append("the faithful plan has no per-cell checkpointing")
+        return None
+    base = {k: v for k, v in spec.spellings[0].items() if k != "checkpoint"}
+    options = _build(TrainingOptions, ModeSpec((base,), spec.about), name, reasons)
+    if options is None:
+        return None
+
+    def adapt(model: nn.Module) -> None:
+        model.backbone.checkpoint_cells = True
+
+    return ResolvedMode(name, options, spec.bf16, adapt,
+                        bridge="backbone.checkpoint_cells = True")
+
+
+def resolve(kind: str, name: str, device: Union[str, torch.device, None] = None
+            ) -> ResolvedMode:
+    """How this version runs mode ``name`` of ``kind`` ("inference" or "train"); raises
     :class:`UnavailableMode` (why) when this version or ``device`` cannot run it."""
-    spec = _spec(INFERENCE_MODE_SPECS, name, "inference")
+    inference = kind == "inference"
+    table = INFERENCE_MODE_SPECS if inference else TRAINING_MODE_SPECS
+    spec = _spec(table, name, "inference" if inference else "training")
     _check_device(spec, name, device)
     if not spec.spellings:
-        return None
-    return _build(InferenceOptions, spec, name)
+        return ResolvedMode(name, None)
+    reasons: List[str] = []
+    options = _build(InferenceOptions if inference else TrainingOptions, spec, name, reasons)
+    if options is not None:
+        return ResolvedMode(name, options, spec.bf16)
+    bridged = None
+    if spec.bridge.startswith("graph-"):
+        bridged = _graph_bridge(spec, name, reasons)
+    elif spec.bridge == "checkpoint":
+        bridged = _checkpoint_bridge(spec, name, reasons)
+    if bridged is None:
+        raise _unavailable(spec, name, reasons)
+    return bridged
+
+
+def inference_options(name: str, device: Union[str, torch.device, None] = None
+                      ) -> Optional[InferenceOptions]:
+    """The options of inference mode ``name`` (None: the faithful plan); see :func:`resolve`."""
+    return resolve("inference", name, device).options
 
 
 def training_options(name: str, device: Union[str, torch.device, None] = None
                      ) -> Tuple[TrainingOptions, bool]:
-    """``(TrainingOptions, bf16 autocast)`` of training mode ``name``; raises
-    :class:`UnavailableMode` when this version cannot run it."""
-    spec = _spec(TRAINING_MODE_SPECS, name, "training")
-    _check_device(spec, name, device)
-    return _build(TrainingOptions, spec, name), spec.bf16
+    """``(TrainingOptions, bf16 autocast)`` of training mode ``name``; see :func:`resolve`."""
+    mode = resolve("train", name, device)
+    return mode.options, mode.bf16
 
 
 def available(kind: str, names: Optional[Sequence[str]] = None,
@@ -205,11 +292,10 @@ def available(kind: str, names: Optional[Sequence[str]] = None,
     """``(available names, {unavailable name: reason})`` among ``names`` (default: all) of
     ``kind`` ("inference" or "train"), in order."""
     table = INFERENCE_MODE_SPECS if kind == "inference" else TRAINING_MODE_SPECS
-    build = inference_options if kind == "inference" else training_options
     ok, missing = [], {}
     for name in names if names is not None else list(table):
         try:
-            build(name, device)
+            resolve(kind, name, device)
             ok.append(name)
         except UnavailableMode as e:
             missing[name] = str(e)

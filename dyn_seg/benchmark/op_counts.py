@@ -21,7 +21,7 @@ from torch import nn
 
 from .counting import DispatchCount, count_dispatch, profile_count
 from .harness import _check_modes, _training_batch, _training_step, build_inference, random_images
-from .modes import is_compiled, training_options
+from .modes import is_compiled, resolve
 
 __all__ = ["count_inference", "count_training"]
 
@@ -77,7 +77,8 @@ def count_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int, int
     for mode in built:
         record, cuda = _count(mode.run, is_compiled(mode.options), device)
         records.append(_record("inference", mode.name, size, batch, record, cuda, {
-            "options": mode.options.describe() if mode.options is not None else None}))
+            "options": mode.options.describe() if mode.options is not None else None,
+            **({"bridge": mode.bridge} if mode.bridge else {})}))
     return records
 
 
@@ -91,7 +92,7 @@ def count_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, int]
     data = _training_batch(size, batch, classes, device, seed)
     records = []
     for name in modes:
-        options, _ = training_options(name, device)
+        options = resolve("train", name, device).options
         with _inductor_kernel_profile():
             step = _training_step(model, name, data)
             step()  # initialisation, compilation
@@ -105,5 +106,6 @@ def count_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, int]
 
         record, cuda = _count(forward_backward, is_compiled(options), device)
         records.append(_record("train", name, size, batch, record, cuda, {
-            "options": {**step.replica_options, "bf16_autocast": bf16}}))
+            "options": {**step.replica_options, "bf16_autocast": bf16},
+            **({"bridge": step.bridge} if step.bridge else {})}))
     return records
