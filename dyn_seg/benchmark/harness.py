@@ -135,8 +135,9 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> dict:
     CUDA: the caching allocator's peak (``peak_memory_mb``). CPU: torch has no CPU memory
     statistics, so the call runs under ``torch.profiler`` with ``profile_memory=True`` and
     the largest sum of tensor bytes allocated minus freed through torch's CPU allocator
-    during the call is reported (``tensor_peak_mb``; Python objects and the allocator's
-    own caching excluded), beside the process's peak resident set
+    during the call is reported (``tensor_peak_mb``; Python objects excluded; tensors made
+    before the call and freed in it are not subtracted, the profiler sees no size for
+    them, so this is an upper bound of what the call itself needs), beside the process's peak resident set
     (``process_peak_rss_mb``, ``ru_maxrss``: whole process, never decreases, so it is only
     an upper bound for the first mode measured).
     """
