@@ -160,6 +160,7 @@ class DynamicNetwork(Backbone):
         self.step_rate = 0.0  # training progress in [0, 1], set by the meta-architecture
         # recompute each cell's activations in the backward pass (MODEL.FAST.TRAIN_CHECKPOINT)
         self.checkpoint_cells = False
+        self._compiled_routing = None  # compile_routing()
 
         self.stem_specs = stem_layer_specs(init_channel, stem_width, sept_stem)
         self.stem = nn.Sequential()  # children stem_1, stem_2, stem_3 (reference key names)
@@ -251,7 +252,30 @@ class DynamicNetwork(Backbone):
                 f"DynamicNetwork expects a (N, 3, H, W) tensor of images, got shape "
                 f"{tuple(x.shape)}; convert grayscale or RGBA images to 3 channels first."
             )
-        features, routing, present = (plan or _FAITHFUL).run(self, x)
+        if plan is None and self._compiled_routing is not None:
+            return self._compiled_routing(x)
+        return self._routed(x, plan or _FAITHFUL)
+
+    def compile_routing(self, backend: str, mode: str = "default") -> None:
+        """Run the faithful plan (training and eval) as one compiled graph
+        (``torch.compile(fullgraph=True)``: no routing decision leaves the device, so the
+        whole network is one graph; a graph break is an error). State-dict keys unchanged."""
+        kwargs = {"backend": backend, "fullgraph": True}
+        if backend == "inductor":
+            kwargs["mode"] = mode
+        self._compiled_routing = torch.compile(self._faithful_routed, **kwargs)
+
+    def __getstate__(self):
+        # copies and pickles do not take the compiled function (it is bound to this module)
+        state = dict(self.__dict__)
+        state["_compiled_routing"] = None
+        return state
+
+    def _faithful_routed(self, x: torch.Tensor):
+        return self._routed(x, _FAITHFUL)
+
+    def _routed(self, x: torch.Tensor, plan):
+        features, routing, present = plan.run(self, x)
         size = self.counting_size(x)
         _, stem = self.flops_table(size)
         expected, real = routing_flops(self.routing_costs(size), routing, x.shape[0], x)

@@ -55,7 +55,11 @@ class SoftGate(nn.Module):
         # and the last layer run in float32 even under autocast.
         if self.fast_proj:
             return self._fast_tail(self.reduce(x))
-        pooled = F.adaptive_avg_pool2d(self.reduce(x).float(), 1)
+        reduced = self.reduce(x)
+        if reduced.dtype == torch.float32:
+            pooled = F.adaptive_avg_pool2d(reduced, 1)  # the reference's pooling, bit for bit
+        else:  # autocast: accumulate in float32 without a float32 copy of the whole map
+            pooled = reduced.mean(dim=(2, 3), keepdim=True, dtype=torch.float32)
         with torch.autocast(pooled.device.type, enabled=False):
             return F.relu(torch.tanh(self.proj(pooled))).flatten(1)
 

@@ -173,13 +173,16 @@ class GraphPlan:
     conditional: bool = False
     memory_format: torch.memory_format = torch.contiguous_format
 
-    @torch.no_grad()
     def run(self, network, x: torch.Tensor) -> PlanResult:
         if network.training:
             raise RuntimeError(
                 "GraphPlan is for inference: call model.eval() first (training runs the "
                 "faithful plan)."
             )
+        with torch.no_grad():
+            return self._run(network, x)
+
+    def _run(self, network, x: torch.Tensor) -> PlanResult:
         if not self.conditional:
             return _run_network(network, x, lambda cells, inputs: [
                 cell(summed, 0.0, 0.0, present) for cell, (summed, present) in zip(cells, inputs)
