@@ -89,36 +89,12 @@ def test_faithful_plan_matches_reference_fixture_on_device(fixture_model, refere
     assert mean_real == pytest.approx(record["real_flops_mflops"], rel=1e-5)
 
 
-# The graph plans, as the benchmark runs them (skipped where this version lacks them)
-GRAPH_MODES = ["graph-dense", "graph-conditional", "graph-dense-cudagraph",
-               "graph-conditional-cudagraph"]
-
-
-def _graph_copy(model, mode):
-    """The inference copy of benchmark mode ``mode``; skips the test where this version or
-    device cannot run it (the reason is the skip message)."""
-    from dyn_seg.benchmark.modes import UnavailableMode, resolve
-
-    try:
-        resolved = resolve("inference", mode, DEVICE)
-    except UnavailableMode as e:
-        pytest.skip(str(e))
-    copy_ = InferenceCopy(model, resolved.options)
-    if resolved.adapt is not None:
-        resolved.adapt(copy_)
-    return copy_
-
-
-@pytest.mark.parametrize("mode", list(FP32_OPTIONS) + GRAPH_MODES)
+@pytest.mark.parametrize("mode", list(FP32_OPTIONS))
 def test_every_fp32_inference_plan_matches_reference_fixture(mode, fixture_model,
                                                             reference_fixture):
     images = torch.stack(reference_fixture["images"]).to(DEVICE)
     normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
-    if mode in FP32_OPTIONS:
-        copy_ = InferenceCopy(fixture_model, FP32_OPTIONS[mode])
-    else:
-        copy_ = _graph_copy(fixture_model, mode)
-        copy_(normalised)  # a captured plan records on its first call(s), then replays
+    copy_ = InferenceCopy(fixture_model, FP32_OPTIONS[mode])
     logits, _, routing = copy_(normalised)
     faithful_features, faithful_routing = fixture_model.backbone.forward_with_routing(
         normalised)
@@ -384,27 +360,3 @@ def test_inference_creates_no_tensor_on_another_device(fixture_model, reference_
         fixture_model.sem_seg_head(features, present=record.feature_present)
         fast(normalised)
     assert not stray, sorted(set(stray))
-
-
-@needs_cuda
-@pytest.mark.parametrize("mode", ["graph-dense", "graph-dense-cudagraph",
-                                  "graph-conditional-cudagraph"])
-def test_graph_plan_forward_never_synchronises(mode, fixture_model, reference_fixture):
-    """The graph plans decide on the device: an inference forward makes no host read (the
-    eager conditional variant reads each layer's predicates once, its documented fallback,
-    and is not listed)."""
-    images = torch.stack(reference_fixture["images"]).to(DEVICE)
-    normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
-    copy_ = _graph_copy(fixture_model, mode)
-    for _ in range(2):  # initialisation and capture are not what is counted
-        copy_(normalised)
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            copy_(normalised)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
-    assert not syncs, [str(w.message) for w in syncs]

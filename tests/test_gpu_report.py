@@ -98,7 +98,8 @@ def test_report_collects_parts_and_judges_targets(tmp_path):
     table = (tmp_path / "gpu_check.md").read_text()
     assert "NVIDIA H200" in table and "timed out after 60s" in table
     assert "`CUDAGraph.begin_capture_to_if_node` no" in table
-    assert "| infer_L16_b1_cells0.5 | inference | fast | 1024x2048 | 1 | cells:0.5 | 8.00 |" in table
+    assert ("| infer_L16_b1_cells0.5 | inference | fast | 1024x2048 | 1 | cells:0.5 | 8.00 |"
+            in table)
     assert "| count_L16 | inference | graph-dense | 510 | 0 | dispatch | 498 |  | 0 |" in table
     assert "| profile_L16_b1 | fast | 12.00 | 3.00 | 25% | sm90_conv 1.50 |" in table
     assert "`inference:graph-dense-compile`: no compile_graph" in table

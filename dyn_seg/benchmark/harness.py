@@ -137,7 +137,8 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> dict:
     the largest sum of tensor bytes allocated minus freed through torch's CPU allocator
     during the call is reported (``tensor_peak_mb``; Python objects excluded; tensors made
     before the call and freed in it are not subtracted, the profiler sees no size for
-    them, so this is an upper bound of what the call itself needs), beside the process's peak resident set
+    them, so this is an upper bound of what the call itself needs), beside the process's
+    peak resident set
     (``process_peak_rss_mb``, ``ru_maxrss``: whole process, never decreases, so it is only
     an upper bound for the first mode measured).
     """

@@ -77,7 +77,7 @@ class UnavailableMode(ValueError):
 
 
 def _graph(plan: str, **extra) -> Tuple[Kwargs, ...]:
-    return (dict(plan=plan, **extra),)
+    return (dict(plan_name=plan, **extra), dict(plan=plan, **extra))
 
 
 def _graph_spec(plan: str, about: str, **extra) -> ModeSpec:
@@ -85,16 +85,15 @@ def _graph_spec(plan: str, about: str, **extra) -> ModeSpec:
 
 
 def _graph_compiled(plan: str, **extra) -> Tuple[Kwargs, ...]:
-    # whole-copy torch.compile(fullgraph=True) of the graph plan
-    return (dict(plan=plan, compile_graph=True, **extra),
-            dict(plan=plan, compile="inductor", fullgraph=True, **extra))
+    # whole-copy torch.compile(fullgraph=True) of the graph plan (a graph plan's compile
+    # switch compiles the whole forward pass as one graph)
+    return (dict(plan_name=plan, compile="inductor", **extra),
+            dict(plan=plan, compile_graph=True, **extra))
 
 
 def _graph_replayed(plan: str) -> Tuple[Kwargs, ...]:
     # the graph plan captured once into a CUDA graph and replayed
-    return (dict(plan=plan, cuda_graph=True),
-            dict(plan=plan, capture=True),
-            dict(plan=plan, compile_graph=True, compile_mode="reduce-overhead"))
+    return (dict(plan_name=plan, cuda_graph=True), dict(plan=plan, cuda_graph=True))
 
 
 # Inference: the fast plan's cumulative steps (each adds one optimisation to the previous),
@@ -143,7 +142,7 @@ INFERENCE_MODE_SPECS: Dict[str, ModeSpec] = {
                                             "replayed", cuda_only=True),
 }
 
-_COMPILE_GRAPH = (dict(compile_graph=True), dict(compile="inductor", fullgraph=True))
+_COMPILE_GRAPH = (dict(compile="inductor", compile_scope="network"), dict(compile_graph=True))
 
 
 def _with(spellings: Tuple[Kwargs, ...], **extra) -> Tuple[Kwargs, ...]:
@@ -217,7 +216,7 @@ def _graph_bridge(spec: ModeSpec, name: str, reasons: List[str]) -> Optional[Res
     except ImportError:
         reasons.append("dyn_seg.modeling.plans has no GraphPlan")
         return None
-    base = {k: v for k, v in spec.spellings[0].items() if k != "plan"}
+    base = {k: v for k, v in spec.spellings[0].items() if k not in ("plan", "plan_name")}
     options = _build(InferenceOptions, ModeSpec((base,), spec.about), name, reasons)
     if options is None:
         return None
