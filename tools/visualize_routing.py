@@ -138,15 +138,19 @@ def build_predictor(cfg: CfgNode, weights: str, seed: int,
 def run_images(predictor: DefaultPredictor, paths: Sequence[str], failures: List[str]
                ) -> Iterator[Tuple[str, np.ndarray, dict]]:
     """Yield ``(path, BGR image, inference output)`` per image, with a progress bar; an image
-    that cannot be read is logged, appended to ``failures`` and skipped."""
+    that cannot be read or that the model refuses (e.g. a size it cannot process) is
+    logged, appended to ``failures`` and skipped, so the other images' statistics are
+    still written."""
     for path in tqdm.tqdm(paths, desc="routing", unit="img", file=sys.stderr):
         try:
             image = read_image_file(path, "BGR")
-        except DatasetFileError as e:
-            logger.error("skipped %s: %s", path, e)
-            failures.append(f"{path}: {e}")
+            output = predictor(image)
+        except (DatasetFileError, ValueError, RuntimeError) as e:
+            reason = e if isinstance(e, DatasetFileError) else f"{type(e).__name__}: {e}"
+            logger.error("skipped %s: %s", path, reason)
+            failures.append(f"{path}: {reason}")
             continue
-        yield path, image, predictor(image)
+        yield path, image, output
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
