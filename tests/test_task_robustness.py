@@ -142,3 +142,103 @@ def test_visualiser_keeps_other_images_when_the_model_refuses_one(panoptic_weigh
     assert "TEST_ASPP_POOLING" in result["failed"][0]
     assert json.loads((tmp_path / "r" / "routing.json").read_text())["num_images"] == 1
     assert (tmp_path / "r" / "routing.png").is_file()
+
+
+# ------------------------------------------------------- 2. labels without a valid pixel
+
+def test_all_ignore_batch_gives_zero_semantic_loss_and_zero_gradient():
+    from detectron2.modeling import build_model
+
+    from conftest import tiny_cfg
+
+    model = build_model(tiny_cfg())
+    model.train()
+    batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
+              "sem_seg": torch.full((64, 64), 255, dtype=torch.long)} for _ in range(2)]
+    loss = model(batch)["loss_sem_seg"]
+    assert torch.isfinite(loss) and float(loss) == 0.0
+    loss.backward()
+    grads = [p.grad for p in model.sem_seg_head.parameters() if p.grad is not None]
+    assert grads and all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+def test_training_survives_a_batch_without_valid_label_pixel(tmp_path):
+    """Both labels of the training set hold only the ignore value: every batch is
+    all-ignore, and training runs to the end with finite losses (before: NaN at the
+    first step, NonFiniteTrainingError advising a lower BASE_LR)."""
+    from detectron2.data import DatasetCatalog
+    from PIL import Image
+
+    from conftest import register_synthetic_train_split, tiny_cfg
+    from dyn_seg.engine import Trainer
+
+    name = register_synthetic_train_split(str(tmp_path / "data"), "all_ignore")
+    try:
+        for d in DatasetCatalog.get(name):
+            label = np.asarray(Image.open(d["sem_seg_file_name"]))
+            Image.fromarray(np.full_like(label, 255)).save(d["sem_seg_file_name"])
+        cfg = tiny_cfg(**{
+            "DATASETS.TRAIN": (name,), "DATASETS.TEST": (), "INPUT.MIN_SIZE_TRAIN": (32,),
+            "INPUT.MAX_SIZE_TRAIN": 1000, "DATALOADER.NUM_WORKERS": 0,
+            "SOLVER.IMS_PER_BATCH": 2, "SOLVER.MAX_ITER": 2, "TEST.EVAL_PERIOD": 0,
+            "OUTPUT_DIR": str(tmp_path / "out")})
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        assert trainer.iter == 2  # no NonFiniteTrainingError
+    finally:
+        DatasetCatalog.remove(name)
+
+
+def test_panoptic_losses_are_finite_without_valid_pixel_or_instance(panoptic_model):
+    h, w = 64, 128
+    sample = {"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8),
+              "sem_seg": torch.full((h, w), 255, dtype=torch.long),
+              "sem_seg_weights": torch.ones(h, w), "center": torch.zeros(1, h, w),
+              "center_weights": torch.zeros(h, w), "offset": torch.zeros(2, h, w),
+              "offset_weights": torch.zeros(h, w)}
+    panoptic_model.train()
+    try:
+        losses = panoptic_model([sample, dict(sample)])
+    finally:
+        panoptic_model.eval()
+    assert {"loss_sem_seg", "loss_center", "loss_offset"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in panoptic_model.parameters()
+               if p.grad is not None)
+    panoptic_model.zero_grad(set_to_none=True)
+
+
+def test_mask_rcnn_losses_are_finite_on_images_without_instances():
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances, PolygonMasks
+    from detectron2.utils.events import EventStorage
+
+    model = build_model(cfg_of(MASK_RCNN))
+    model.train()
+    batch = []
+    for _ in range(2):
+        inst = Instances((64, 128))
+        inst.gt_boxes = Boxes(torch.zeros(0, 4))
+        inst.gt_classes = torch.zeros(0, dtype=torch.long)
+        inst.gt_masks = PolygonMasks([])
+        batch.append({"image": torch.randint(0, 255, (3, 64, 128), dtype=torch.uint8),
+                      "instances": inst})
+    with EventStorage():
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_check_tool_lists_labels_without_valid_pixel(tmp_path):
+    from PIL import Image
+
+    from dyn_seg.data import check_sem_seg_dataset, is_error
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "a_label.png")
+    problems = check_sem_seg_dataset(
+        [{"file_name": str(tmp_path / "a.png"),
+          "sem_seg_file_name": str(tmp_path / "a_label.png")}], 19, 255, progress=False)
+    assert len(problems) == 1 and not is_error(problems[0])
+    assert "a_label.png" in problems[0] and "no pixel with a class id" in problems[0]

@@ -80,6 +80,12 @@ def _read_label(label_file: str, num_classes: int, ignore_label: int,
             f"{ERROR}label file {label_file} has values outside 0..{num_classes - 1} "
             f"and the ignore label {ignore_label}: {_format_values(bad.tolist())}"
         )
+    elif not (values != ignore_label).any():
+        problems.append(
+            f"{WARNING}label file {label_file} has no pixel with a class id (every pixel is "
+            f"the ignore label {ignore_label}): its image adds nothing to training, and a "
+            "batch of such images has a loss of 0; check that the label file is the right one"
+        )
     return values.shape[1], values.shape[0]
 
 
@@ -129,7 +135,8 @@ def check_sem_seg_dataset(
       image/label size mismatch and image size different from the record's height/width
       (with both sizes), 16-bit or float single-channel images, palette or multi-channel
       label files;
-    * warnings: grayscale (or palette) images, which are converted to RGB when read.
+    * warnings: grayscale (or palette) images, which are converted to RGB when read; label
+      maps without a pixel of a class (every pixel ``ignore_label``).
 
     Args:
         dataset_dicts: detectron2 dataset dicts with ``file_name`` and ``sem_seg_file_name``.
