@@ -242,3 +242,223 @@ def test_check_tool_lists_labels_without_valid_pixel(tmp_path):
           "sem_seg_file_name": str(tmp_path / "a_label.png")}], 19, 255, progress=False)
     assert len(problems) == 1 and not is_error(problems[0])
     assert "a_label.png" in problems[0] and "no pixel with a class id" in problems[0]
+
+
+# ------------------------------------------------------ 4. panoptic and instance data
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+
+    return Path(generate_synthetic_cityscapes(str(tmp_path_factory.mktemp("cs")), num_train=2,
+                                              num_val=1, height=64, width=128, progress=False))
+
+
+@pytest.fixture
+def task_data(synthetic_root, tmp_path):
+    """A fresh copy of the generated scenes, registered as panoptic and instance datasets."""
+    import shutil
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from dyn_seg.data.panoptic import register_cityscapes_tasks
+
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    names = register_cityscapes_tasks(str(root), f"robust_{uuid.uuid4().hex[:8]}")
+    yield root / "cityscapes", names
+    for name in names.values():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def _panoptic_pngs(cs: Path):
+    return sorted((cs / "gtFine" / "cityscapes_panoptic_train").glob("*.png"))
+
+
+def _map_first(cs, names, task="panoptic"):
+    from detectron2.data import DatasetCatalog
+
+    from dyn_seg.data.task_mappers import InstanceDatasetMapper, PanopticDatasetMapper
+
+    if task == "panoptic":
+        cfg = cfg_of(PANOPTIC, "DATASETS.TRAIN", f"('{names['panoptic_train']}',)")
+        mapper = PanopticDatasetMapper(cfg)
+        records = DatasetCatalog.get(names["panoptic_train"])
+    else:
+        mapper = InstanceDatasetMapper(cfg_of(MASK_RCNN), is_train=True)
+        records = DatasetCatalog.get(names["instance_seg_train"])
+    return [mapper(r) for r in records]
+
+
+def test_panoptic_mapper_reads_healthy_data(task_data):
+    cs, names = task_data
+    out = _map_first(cs, names)
+    assert {"image", "sem_seg", "center", "offset"} <= set(out[0])
+
+
+def _truncate(path: Path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("truncated", "cannot decode panoptic label file .*corrupt, truncated"),
+    ("wrong_size", "size mismatch: image .* is 128x64 but its panoptic label file .* is 64x32"),
+    ("palette", "panoptic label file .* has mode P"),
+])
+def test_damaged_panoptic_png_names_the_file_in_training(task_data, damage, match):
+    from PIL import Image
+
+    from dyn_seg.data.reader import DatasetFileError
+
+    cs, names = task_data
+    png = _panoptic_pngs(cs)[0]
+    if damage == "truncated":
+        _truncate(png)
+    elif damage == "wrong_size":
+        Image.open(png).resize((64, 32)).save(png)
+    else:
+        Image.open(png).convert("P").save(png)
+    with pytest.raises(DatasetFileError, match=match) as info:
+        _map_first(cs, names)
+    assert info.value.file_name == str(png)
+
+
+def test_panoptic_png_missing_mid_training_names_the_file(task_data):
+    from detectron2.data import DatasetCatalog
+
+    from dyn_seg.data.reader import DatasetFileError
+    from dyn_seg.data.task_mappers import PanopticDatasetMapper
+
+    cs, names = task_data
+    records = DatasetCatalog.get(names["panoptic_train"])  # the run has started
+    mapper = PanopticDatasetMapper(cfg_of(PANOPTIC, "DATASETS.TRAIN",
+                                          f"('{names['panoptic_train']}',)"))
+    png = records[1]["pan_seg_file_name"]
+    Path(png).unlink()
+    with pytest.raises(DatasetFileError, match=f"Panoptic label file not found: {png}"):
+        mapper(records[1])
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("truncated_json", "cannot parse the panoptic JSON file .*cityscapes_panoptic_train.json"),
+    ("missing_json", "panoptic JSON file not found: .*cityscapes_panoptic_train.json.*"
+                     "prepare_cityscapes.py"),
+    ("missing_png", "panoptic dataset .*cityscapes_panoptic_train.json is missing|"
+                    "1 of the 2 panoptic label PNGs .* do not exist"),
+])
+def test_damaged_panoptic_ground_truth_names_the_file_at_load(task_data, damage, match):
+    from detectron2.data import DatasetCatalog
+
+    from dyn_seg.data.reader import DatasetFileError
+
+    cs, names = task_data
+    gt_json = cs / "gtFine" / "cityscapes_panoptic_train.json"
+    if damage == "truncated_json":
+        _truncate(gt_json)
+    elif damage == "missing_json":
+        gt_json.unlink()
+    else:
+        _panoptic_pngs(cs)[-1].unlink()
+    with pytest.raises(DatasetFileError, match=match):
+        DatasetCatalog.get(names["panoptic_train"])
+
+
+def test_degenerate_polygon_in_cityscapes_json_names_the_file(task_data):
+    import json
+
+    from detectron2.data import DatasetCatalog
+
+    from dyn_seg.data.reader import DatasetFileError
+
+    cs, names = task_data
+    polygons = sorted((cs / "gtFine" / "train").glob("*/*_polygons.json"))[0]
+    data = json.loads(polygons.read_text())
+    for obj in data["objects"]:
+        obj["polygon"] = obj["polygon"][:2]
+    polygons.write_text(json.dumps(data))
+    with pytest.raises(DatasetFileError, match="cannot read the instance annotations") as info:
+        DatasetCatalog.get(names["instance_seg_train"])
+    assert info.value.file_name == str(polygons)
+
+
+def test_degenerate_polygon_in_a_record_names_image_and_annotation(task_data):
+    from dyn_seg.data.reader import DatasetFileError
+    from dyn_seg.data.task_mappers import InstanceDatasetMapper
+
+    cs, names = task_data
+    from detectron2.data import DatasetCatalog
+
+    record = dict(DatasetCatalog.get(names["instance_seg_train"])[0])
+    assert _map_first(cs, names, "instance")[0]["instances"].gt_masks is not None
+    record["annotations"] = [dict(a) for a in record["annotations"]]
+    record["annotations"][1]["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]
+    mapper = InstanceDatasetMapper(cfg_of(MASK_RCNN), is_train=True)
+    with pytest.raises(DatasetFileError, match="annotation 1 .* degenerate polygon 0 of 4 "
+                                               "coordinates") as info:
+        mapper(record)
+    assert record["file_name"] in str(info.value)
+
+
+def test_check_tool_validates_every_task(task_data, tmp_path):
+    """Healthy panoptic, instance and ImageNet datasets pass; damage is listed by file."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from dyn_seg.data import check_dataset, generate_synthetic_imagenet, is_error, task_of_records
+    from dyn_seg.data.imagenet import register_imagenet
+
+    cs, names = task_data
+    for key, task in (("panoptic_train", "panoptic"), ("instance_seg_train", "instance")):
+        records = DatasetCatalog.get(names[key])
+        assert task_of_records(records) == task
+        assert check_dataset(records, task, 19, progress=False) == []
+
+    root = generate_synthetic_imagenet(str(tmp_path / "inet"), num_train=1, num_val=1, size=16)
+    name = f"robust_imagenet_{uuid.uuid4().hex[:8]}"
+    register_imagenet(name, f"{root}/imagenet", "train")
+    try:
+        records = DatasetCatalog.get(name)
+        assert task_of_records(records) == "classification"
+        assert check_dataset(records, "classification", 10, progress=False) == []
+        records[0]["label"] = 10
+        found = check_dataset(records, "classification", 10, progress=False)
+        assert len(found) == 1 and "label 10, not a class index 0..9" in found[0]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+    from PIL import Image
+
+    pngs = _panoptic_pngs(cs)
+    _truncate(pngs[0])
+    Image.open(pngs[1]).resize((64, 32)).save(pngs[1])
+    found = [m for m in check_dataset(DatasetCatalog.get(names["panoptic_train"]), "panoptic",
+                                      19, progress=False) if is_error(m)]
+    assert len(found) == 2
+    assert str(pngs[0]) in found[0] and "truncated" in found[0]
+    assert str(pngs[1]) in found[1] and "size mismatch" in found[1]
+
+
+def test_check_tool_command_line_on_instance_and_imagenet(synthetic_root, tmp_path):
+    """The command line tells the task from the records (before: instance datasets had
+    false errors, ImageNet needed stuff_classes)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from dyn_seg.data import generate_synthetic_imagenet
+
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_root, root)
+    generate_synthetic_imagenet(str(root), num_train=1, num_val=1, size=16)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "datasets" / "check_dataset.py"), "--datasets-root",
+         str(root), "--no-progress", "--workers", "1",
+         "--dataset", "cityscapes_fine_instance_seg_train", "--dataset", "imagenet_train",
+         "--dataset", "cityscapes_fine_panoptic_train"],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "imagenet_train: 10 records checked, 0 error(s)" in run.stdout
+    assert "cityscapes_fine_instance_seg_train: 2 records checked, 0 error(s)" in run.stdout
+    assert "cityscapes_fine_panoptic_train: 2 records checked, 0 error(s)" in run.stdout
