@@ -462,3 +462,40 @@ def test_check_tool_command_line_on_instance_and_imagenet(synthetic_root, tmp_pa
     assert "imagenet_train: 10 records checked, 0 error(s)" in run.stdout
     assert "cityscapes_fine_instance_seg_train: 2 records checked, 0 error(s)" in run.stdout
     assert "cityscapes_fine_panoptic_train: 2 records checked, 0 error(s)" in run.stdout
+
+
+# ------------------------------------------------------------ 3. classification images
+
+def _classification_mapper(is_train=False):
+    from dyn_seg.data.imagenet import ClassificationDatasetMapper
+
+    return ClassificationDatasetMapper(is_train, crop_size=16, test_resize=16)
+
+
+def test_classification_reads_16_bit_rgb_png_as_8_bit(tmp_path):
+    """A 16-bit-per-channel RGB PNG gives the image of its high bytes, as for segmentation
+    images (a 16-bit grayscale PNG, which detectron2's read_image turned solid white, is
+    refused: next test)."""
+    import cv2
+
+    rgb8 = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "deep.png"), rgb8[..., ::-1].astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "flat.png"), rgb8[..., ::-1])
+    mapper = _classification_mapper()
+    deep = mapper({"file_name": str(tmp_path / "deep.png"), "label": 0})["image"]
+    flat = mapper({"file_name": str(tmp_path / "flat.png"), "label": 0})["image"]
+    torch.testing.assert_close(deep, flat)
+
+
+def test_classification_refuses_16_bit_gray_and_non_images_naming_the_file(tmp_path):
+    from PIL import Image
+
+    from dyn_seg.data.reader import DatasetFileError
+
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(tmp_path / "gray16.png")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    mapper = _classification_mapper(is_train=True)
+    with pytest.raises(DatasetFileError, match=r"gray16.png has I;16 pixels.*convert it"):
+        mapper({"file_name": str(tmp_path / "gray16.png"), "label": 0})
+    with pytest.raises(DatasetFileError, match=r"cannot decode image file .*notes.jpg"):
+        mapper({"file_name": str(tmp_path / "notes.jpg"), "label": 0})
