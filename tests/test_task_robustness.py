@@ -4,6 +4,7 @@ the tools' handling of each task."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 import uuid
 from pathlib import Path
 
@@ -23,6 +24,7 @@ SMALL = ["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WOR
 def load_tool(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -499,3 +501,61 @@ def test_classification_refuses_16_bit_gray_and_non_images_naming_the_file(tmp_p
         mapper({"file_name": str(tmp_path / "gray16.png"), "label": 0})
     with pytest.raises(DatasetFileError, match=r"cannot decode image file .*notes.jpg"):
         mapper({"file_name": str(tmp_path / "notes.jpg"), "label": 0})
+
+
+# ------------------------------------------------------------------ 5. tools per task
+
+def test_demo_refuses_a_classifier_clearly(tmp_path):
+    images = _write_images(tmp_path / "in", [(16, 16)])
+    with pytest.raises(ValueError, match="is an image classifier: evaluate it with train_net"):
+        load_tool("demo").main(["--config-file", str(REPO / CLASSIFIER), "--input", str(images),
+                                "--output", str(tmp_path / "out"), "--opts", "MODEL.DEVICE",
+                                "cpu"])
+
+
+def test_demo_refuses_label_maps_of_an_instance_model_clearly(tmp_path):
+    images = _write_images(tmp_path / "in", [(16, 16)])
+    with pytest.raises(ValueError, match="predicts instances only .* --output-format overlay"):
+        load_tool("demo").main(["--config-file", str(REPO / MASK_RCNN), "--input", str(images),
+                                "--output", str(tmp_path / "out"), "--output-format",
+                                "trainIds", "--opts", *SMALL])
+
+
+def test_demo_writes_train_ids_of_a_panoptic_model(panoptic_weights, tmp_path):
+    from PIL import Image
+
+    images = _write_images(tmp_path / "in", [(37, 300)])
+    assert load_tool("demo").main([
+        "--config-file", str(REPO / PANOPTIC), "--input", str(images), "--output",
+        str(tmp_path / "out"), "--output-format", "trainIds", "--weights",
+        str(panoptic_weights), "--opts", *SMALL]) == 0
+    ids = np.asarray(Image.open(tmp_path / "out" / "img0_37x300_trainIds.png"))
+    assert ids.shape == (37, 300) and ids.max() < 19
+
+
+@pytest.mark.parametrize("tool,argv,message", [
+    ("benchmark", ["--iters", "0"], "argument --iters: 0 is not allowed: it must be an "
+                                    "integer >= 1"),
+    ("benchmark", ["--batch", "0"], "argument --batch: 0 is not allowed"),
+    ("benchmark", ["--threads", "-3"], "argument --threads: -3 is not allowed: it must be an "
+                                       "integer >= 0 (0: keep)"),
+    ("benchmark", ["--warmup", "x"], "argument --warmup: 'x' is not an integer"),
+    ("demo", ["--config-file", "c.yaml", "--input", "x", "--alpha", "1.5"],
+     "argument --alpha: 1.5 is not allowed: it must be in [0, 1]"),
+    ("demo", ["--config-file", "c.yaml", "--input", "x", "--route-size", "0"],
+     "argument --route-size: 0 is not allowed: it must be in (0, 1]"),
+    ("visualize_routing", ["--input", "x", "--output", "y", "--max-images", "-2"],
+     "argument --max-images: -2 is not allowed"),
+    ("budget_sweep", ["--points", "raw", "--output", "y", "--jobs", "0"],
+     "argument --jobs: 0 is not allowed"),
+    ("task_learning_check", ["--task", "panoptic", "--output", "y", "--num-val", "0"],
+     "argument --num-val: 0 is not allowed"),
+])
+def test_tools_validate_numeric_arguments(tool, argv, message, capsys):
+    module = load_tool(tool)
+    parser = getattr(module, "get_parser", None) or getattr(module, "argument_parser", None)
+    parse = getattr(module, "parse_args", None) or (lambda a: parser().parse_args(a))
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -46,6 +46,7 @@ from dyn_seg.utils.cli import (
     IMAGE_EXTENSIONS,
     add_weights_and_opts,
     find_images,
+    int_at_least,
     parse_tool_args,
 )
 from dyn_seg.utils.cli import build_predictor as _build_predictor
@@ -74,7 +75,7 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", metavar="FOLDER_OR_GLOB",
                         help="a folder (searched recursively for images) or a glob pattern "
                              "(quote it), e.g. 'frames/*.png'")
-    parser.add_argument("--max-images", type=int, default=0, metavar="N",
+    parser.add_argument("--max-images", type=int_at_least(0, "0: all"), default=0, metavar="N",
                         help="use at most N images (0: all)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for routing.png, routing.json (and images/)")
