@@ -129,11 +129,27 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # torch.compile mode for inductor: "default", "reduce-overhead" (CUDA graphs),
     # "max-autotune", "max-autotune-no-cudagraphs".
     _C.MODEL.FAST.COMPILE_MODE = "default"
+    # Execution plan of the inference copy: "fast" (the gates of a layer read by the host,
+    # closed paths skipped per image on sub-batches), "graph-dense" (no host decision:
+    # every path computed and weighted, one program per input shape) or
+    # "graph-conditional" (no host decision when compiled or exported: each cell's
+    # operations and transitions under a device predicate, torch.cond).
+    _C.MODEL.FAST.PLAN = "fast"
+    # With PLAN graph-dense on CUDA: capture the whole forward pass as a CUDA graph once per
+    # input shape and replay it (the host issues one launch per forward pass).
+    _C.MODEL.FAST.CUDA_GRAPH = False
     # Training steps (dyn_seg.modeling.transforms.prepare_for_training): NHWC weights,
     # torch.compile backend of the static modules ("" off). Mixed precision in training is
     # detectron2's SOLVER.AMP.ENABLED (+ SOLVER.AMP.PRECISION).
     _C.MODEL.FAST.TRAIN_CHANNELS_LAST = False
     _C.MODEL.FAST.TRAIN_COMPILE = ""
+    # What TRAIN_COMPILE compiles: "modules" (each static module; routing in Python) or
+    # "network" (the routed network's whole forward pass as one graph, fullgraph=True).
+    _C.MODEL.FAST.TRAIN_COMPILE_SCOPE = "modules"
+    # Recompute each cell's activations in the backward pass instead of keeping them
+    # (torch.utils.checkpoint, non-reentrant): less memory, about one more forward pass of
+    # compute, the same gradients.
+    _C.MODEL.FAST.TRAIN_CHECKPOINT = False
 
     # Training (dyn_seg.engine). LR multiplier of every parameter whose name contains
     # "gate" (2.5 in the paper's Cityscapes recipe).
