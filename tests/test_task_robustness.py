@@ -149,9 +149,8 @@ def test_visualiser_keeps_other_images_when_the_model_refuses_one(panoptic_weigh
 # ------------------------------------------------------- 2. labels without a valid pixel
 
 def test_all_ignore_batch_gives_zero_semantic_loss_and_zero_gradient():
-    from detectron2.modeling import build_model
-
     from conftest import tiny_cfg
+    from detectron2.modeling import build_model
 
     model = build_model(tiny_cfg())
     model.train()
@@ -168,10 +167,10 @@ def test_training_survives_a_batch_without_valid_label_pixel(tmp_path):
     """Both labels of the training set hold only the ignore value: every batch is
     all-ignore, and training runs to the end with finite losses (before: NaN at the
     first step, NonFiniteTrainingError advising a lower BASE_LR)."""
+    from conftest import register_synthetic_train_split, tiny_cfg
     from detectron2.data import DatasetCatalog
     from PIL import Image
 
-    from conftest import register_synthetic_train_split, tiny_cfg
     from dyn_seg.engine import Trainer
 
     name = register_synthetic_train_split(str(tmp_path / "data"), "all_ignore")

@@ -12,7 +12,8 @@ so images of the same name in different folders never overwrite each other. With
 ``--show-flops`` the image's real GFLOPs are printed on it (top left), with ``--show-route``
 the image's route through the routing space is drawn in the bottom right corner (below the
 image when the image is too small for a legible route). ``--output-format trainIds`` writes
-the predicted class ids (semantic and panoptic models) as 8-bit PNGs (``NAME_trainIds.png``); ``labelIds`` writes
+the predicted class ids (semantic and panoptic models) as 8-bit PNGs
+(``NAME_trainIds.png``); ``labelIds`` writes
 Cityscapes label ids (``CITY_SEQ_FRAME_labelIds.png``), the files the Cityscapes
 evaluation script and test server expect (README: "Submitting to the Cityscapes test
 server"). A file that cannot be read or segmented is reported (file and reason) and the
@@ -74,7 +75,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="print each image's real GFLOPs on its overlay")
     parser.add_argument("--show-route", action="store_true",
                         help="draw each image's route small in the bottom right corner")
-    parser.add_argument("--route-size", type=float_in(0, 1, low_open=True), default=0.35, metavar="FRACTION",
+    parser.add_argument("--route-size", type=float_in(0, 1, low_open=True), default=0.35,
+                        metavar="FRACTION",
                         help="width of the route drawing as a share of the image width "
                         "(0..1, default 0.35; at least a legible minimum width)")
     parser.add_argument("--alpha", type=float_in(0, 1), default=0.6,

@@ -83,6 +83,7 @@ def register_cityscapes_tasks(root: str, prefix: str) -> dict:
     ``{prefix}_instance_seg_{split}``. Returns ``{task_split: name}``.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
+
     from .task_loaders import load_cityscapes_instances_checked, load_cityscapes_panoptic_checked
 
     cs = os.path.join(os.path.abspath(root), "cityscapes")
