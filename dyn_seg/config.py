@@ -44,6 +44,10 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
         from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
 
         add_panoptic_deeplab_config(_C)
+    # Panoptic-DeepLab's ASPP image pooling at test time: "global" (the whole feature map, as
+    # in training on crops; any input size) or "crop" (detectron2's window of the training
+    # crop; inputs must tile into it). See dyn_seg.modeling.aspp_pooling.
+    _C.MODEL.PANOPTIC_DEEPLAB.TEST_ASPP_POOLING = "global"
     # "SGD" (the paper's: momentum, nesterov) or "ADAM" (Panoptic-DeepLab's); the Panoptic-
     # DeepLab project sets "ADAM" by default, dyn_seg keeps the paper's SGD unless asked.
     _C.SOLVER.OPTIMIZER = "SGD"
