@@ -149,16 +149,23 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     return cfg
 
 
+def config_root() -> Path:
+    """The folder of dyn_seg's configs: ``dyn_seg/configs`` in an installed package (setup.py
+    copies the repository's ``configs/`` there), else ``configs/`` of the source checkout."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "configs", here.parent / "configs"):
+        if (root / BASE_CONFIG).is_file():
+            return root
+    raise FileNotFoundError(
+        f"dyn_seg's configs ({BASE_CONFIG} and the rest) were found neither in the package "
+        f"({here / 'configs'}) nor in a source checkout ({here.parent / 'configs'}): "
+        "reinstall dyn_seg (pip install .) from a complete source checkout."
+    )
+
+
 def base_config_file() -> str:
     """Path of ``configs/Base-DynamicRouting.yaml`` (source checkout or installed package)."""
-    here = Path(__file__).resolve().parent
-    for root in (here.parent / "configs", here / "configs"):
-        if (root / BASE_CONFIG).is_file():
-            return str(root / BASE_CONFIG)
-    raise FileNotFoundError(
-        f"dyn_seg's configs/{BASE_CONFIG} was not found next to the package; install dyn_seg "
-        "from a source checkout (pip install -e .)."
-    )
+    return str(config_root() / BASE_CONFIG)
 
 
 def _removed_key_errors(config_file: str, opts: Sequence[str]) -> None:
