@@ -27,7 +27,7 @@ def test_model_zoo_and_readme_snippet_work_from_an_installed_wheel(tmp_path):
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("dyn_seg", "configs"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
-    for name in ("setup.py", "pyproject.toml", "MANIFEST.in"):
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in"):  # MANIFEST.in: for sdists
         shutil.copy(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w",
