@@ -149,8 +149,8 @@ def test_bf16_inference_agrees_with_faithful_argmax_on_trained_network():
     images = torch.stack(_scenes()).to(DEVICE)
     normalised = (images - model.pixel_mean) / model.pixel_std
     with torch.no_grad():
-        features, _ = model.backbone.forward_with_routing(normalised)
-        reference, _ = model.sem_seg_head(features)
+        features, record = model.backbone.forward_with_routing(normalised)
+        reference, _ = model.sem_seg_head(features, present=record.feature_present)
     logits, _, _ = InferenceCopy(model, InferenceOptions(bf16=True))(normalised)
     assert logits.dtype == torch.float32
     agreement = float((logits.argmax(1) == reference.argmax(1)).float().mean())
@@ -309,7 +309,7 @@ def test_inference_creates_no_tensor_on_another_device(fixture_model, reference_
     normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
     fast = InferenceCopy(fixture_model, InferenceOptions())  # built outside the audit
     with torch.no_grad(), DeviceAudit():
-        features, _ = fixture_model.backbone.forward_with_routing(normalised)
-        fixture_model.sem_seg_head(features)
+        features, record = fixture_model.backbone.forward_with_routing(normalised)
+        fixture_model.sem_seg_head(features, present=record.feature_present)
         fast(normalised)
     assert not stray, sorted(set(stray))

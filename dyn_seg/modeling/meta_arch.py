@@ -113,7 +113,7 @@ class DynamicSemanticSegmentor(nn.Module):
                 self.backbone.size_divisibility,
                 self.sem_seg_head.ignore_value,
             ).tensor
-            _, losses = self.sem_seg_head(features, targets)
+            _, losses = self.sem_seg_head(features, targets, routing.feature_present)
             losses.update(self.budget.losses(routing, self.step_rate))
             real = expected = None
             if self.cal_flops:
@@ -122,7 +122,7 @@ class DynamicSemanticSegmentor(nn.Module):
             return losses
 
         if logits is None:
-            logits, _ = self.sem_seg_head(features)
+            logits, _ = self.sem_seg_head(features, present=routing.feature_present)
         real, expected = self.image_flops(routing, images.tensor)
         backbone = routing.backbone_flops
         results = []

@@ -274,6 +274,7 @@ class InferenceCopy(nn.Module):
         for m in self.backbone.modules():  # the gates' last layer stays float32
             if isinstance(m, SoftGate):
                 m.proj.float()
+                m.fast_proj = True
         self.eval()
         compile_modules(_static_modules(self.backbone), o.compile, o.compile_mode)
         if o.compile:
@@ -293,7 +294,7 @@ class InferenceCopy(nn.Module):
         x = images.to(self.dtype).contiguous(memory_format=self.options.memory_format)
         features, routing = self.backbone.forward_with_routing(x, self.plan)
         # float32 NCHW before the x4 upsampling: the 16x larger result costs far more
-        logits = self.head.stride4_logits(features).float().contiguous()
+        logits = self.head.stride4_logits(features, routing.feature_present).float().contiguous()
         return self.head.upsample(logits), features, routing
 
 
