@@ -214,7 +214,8 @@ def _assert_same_result_as_one_process(two, one):
     convolution weight, with the gates' training path of average pooling + 1x1
     convolution; under 1e-4 with the earlier float32-mean gate path). Losses: rtol 1e-4,
     the same argument for a scalar. Running means and variances are compared too: both
-    runs keep NaiveSyncBN's biased variance; ``num_batches_tracked`` is not kept by NaiveSyncBN on two ranks.
+    runs keep NaiveSyncBN's biased variance; ``num_batches_tracked`` is not kept by
+    NaiveSyncBN on two ranks.
     """
     assert len(two["losses"]) == len(one["losses"]) == STEPS
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
