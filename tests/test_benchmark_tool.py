@@ -204,9 +204,9 @@ def test_unavailable_mode_stops_with_the_reason_unless_skipped(capsys):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["--iters", "0"], "--iters 0: must be at least 1"),
-    (["--batch", "0"], "--batch 0: must be at least 1"),
-    (["--warmup", "-1"], "--warmup -1: must be at least 0"),
+    (["--iters", "0"], "argument --iters: 0 is not allowed: it must be an integer >= 1"),
+    (["--batch", "0"], "argument --batch: 0 is not allowed: it must be an integer >= 1"),
+    (["--warmup", "-1"], "argument --warmup: -1 is not allowed: it must be an integer >= 0"),
     (["--device", "tpu0"], "is not a torch device"),
     (["--gates", "half"], "paths:F or cells:F"),
 ])

@@ -71,7 +71,12 @@ from dyn_seg.benchmark.modes import available
 from dyn_seg.benchmark.op_counts import count_inference, count_training
 from dyn_seg.benchmark.profiling import profile_inference
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
+from dyn_seg.utils.cli import (
+    add_size_argument,
+    add_weights_and_opts,
+    int_at_least,
+    parse_tool_args,
+)
 
 DEFAULT_MODES = {
     "inference": ["faithful", "fast-base", "fast-fold", "fast-fold-cl", "fast-fold-cl-skip",
@@ -93,7 +98,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default="", help="dyn_seg config (default: the defaults)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
+    p.add_argument("--threads", type=int_at_least(0, "0: keep"), default=0,
+                   help="torch CPU threads (0: keep)")
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: float32 convolutions and matmuls without TF32 (PyTorch's "
                         "default rounds convolutions to TF32; argmax checks want it off)")
@@ -101,14 +107,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="inference | train | all (both) | count (operators and host reads "
                         "per forward) | profile (torch.profiler summary per inference mode)")
     add_size_argument(p, default=(1024, 2048), help="inference input size (padded to MAX_STRIDE)")
-    p.add_argument("--batch", type=int, default=1, help="inference batch size")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="inference batch size")
     p.add_argument("--modes", nargs="+", default=None, choices=list(INFERENCE_MODES),
                    metavar="MODE",
                    help="inference modes (default: the fast plan's steps for inference; "
                         "every plan without compilation for count and profile): "
                         + ", ".join(INFERENCE_MODES))
     add_size_argument(p, "--train-size", default=(768, 768), help="training input size")
-    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-batch", type=int_at_least(1), default=8)
     p.add_argument("--train-modes", nargs="+", default=None, choices=list(TRAINING_MODES),
                    metavar="MODE", help="training modes (default for train: faithful, "
                                         "channels_last, bf16, channels_last-bf16; for count: "
@@ -120,18 +126,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--gates", default="natural",
                    help="natural | open | paths:F | cells:F (fraction F forced closed)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, gates and inputs")
-    p.add_argument("--calibrate", type=int, default=-1,
+    p.add_argument("--calibrate", type=int_at_least(-1, "-1: the default"), default=-1,
                    help="random batches to calibrate norms on (-1: 2 without --weights)")
-    p.add_argument("--warmup", type=int, default=2, help="interleaved warm-up rounds")
-    p.add_argument("--iters", type=int, default=10,
+    p.add_argument("--warmup", type=int_at_least(0), default=2,
+                   help="interleaved warm-up rounds")
+    p.add_argument("--iters", type=int_at_least(1), default=10,
                    help="interleaved measured rounds (profile: profiled calls per mode)")
     add_weights_and_opts(p, "checkpoint to load (default: random init)")
     args = parse_tool_args(p, argv)
-    for flag, value, low in (("--batch", args.batch, 1), ("--train-batch", args.train_batch, 1),
-                             ("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
-                             ("--threads", args.threads, 0), ("--calibrate", args.calibrate, -1)):
-        if value < low:
-            p.error(f"{flag} {value}: must be at least {low}")
     try:
         parse_gates(args.gates)  # fail early with the allowed forms
     except ValueError as e:

@@ -27,8 +27,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils._pytree import tree_map_only
 
 from .backbone import RoutingRecord
-from .gate import SoftGate
 from .capture import CapturedForward, flatten_record, unflatten_record
+from .gate import SoftGate
 from .plans import FastPlan, GraphPlan
 
 __all__ = [
