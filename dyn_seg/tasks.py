@@ -5,11 +5,13 @@ The trainer asks :func:`task_of` which task a config trains (from
 loader, test loader and evaluators from here; semantic segmentation keeps the trainer's own.
 
 * panoptic (``DynamicPanopticDeepLab``): detectron2's ``PanopticDeeplabDatasetMapper``
-  (centre / offset targets) for training, detectron2's ``DatasetMapper`` for testing;
+  (centre / offset targets) for training, detectron2's ``DatasetMapper`` for testing, both
+  with checked reading (:mod:`dyn_seg.data.task_mappers`);
   evaluators: PQ / SQ / RQ (``COCOPanopticEvaluator``), mIoU (``SemSegEvaluator`` on the
   dataset's ``sem_seg_file_name``), instance AP (``CityscapesInstanceEvaluator``, on
   Cityscapes panoptic datasets), GFLOPs and gates (``RoutingEvaluator``);
-* instance (``DynamicRCNN``): detectron2's ``DatasetMapper`` with instance masks;
+* instance (``DynamicRCNN``): detectron2's ``DatasetMapper`` with instance masks (checked
+  reading and annotations);
   evaluators: COCO-style AP / AP50 by ``CityscapesInstanceEvaluator`` (Cityscapes datasets)
   or ``COCOEvaluator`` (others), GFLOPs and gates.
 """
@@ -20,7 +22,6 @@ from typing import Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import (
-    DatasetMapper,
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
@@ -111,20 +112,23 @@ def task_of(cfg: CfgNode) -> str:
 def build_task_train_loader(cfg: CfgNode):
     """The training loader of a panoptic or instance config."""
     task = task_of(cfg)
-    if task == "panoptic":
-        from detectron2.projects.panoptic_deeplab import PanopticDeeplabDatasetMapper
+    # checked reading: a bad file is an error naming it (dyn_seg.data.task_mappers)
+    from dyn_seg.data.task_mappers import InstanceDatasetMapper, PanopticDatasetMapper
 
-        return build_detection_train_loader(cfg, mapper=PanopticDeeplabDatasetMapper(cfg))
+    if task == "panoptic":
+        return build_detection_train_loader(cfg, mapper=PanopticDatasetMapper(cfg))
     if task == "instance":
-        return build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True))
+        return build_detection_train_loader(cfg, mapper=InstanceDatasetMapper(cfg, is_train=True))
     raise ValueError(f"{cfg.MODEL.META_ARCHITECTURE} is a semantic segmentor: use the "
                      "trainer's own loader.")
 
 
 def build_task_test_loader(cfg: CfgNode, dataset_name: str):
     """The test loader of a panoptic or instance config (images and their sizes)."""
+    from dyn_seg.data.task_mappers import ImageTestMapper
+
     return build_detection_test_loader(cfg, dataset_name,
-                                       mapper=DatasetMapper(cfg, is_train=False))
+                                       mapper=ImageTestMapper(cfg, is_train=False))
 
 
 def build_task_evaluator(cfg: CfgNode, dataset_name: str,

@@ -80,8 +80,10 @@ def _assert_argmax_up_to_ties(logits, ref, tol: float = 2e-4):
 
 
 def _route_signature(record):
-    return tuple((k, c.dropped, None if c.alpha is None else tuple((c.alpha > 0).flatten().tolist()))
-                 for k, c in sorted(record.cells.items()))
+    def opened(c):
+        return None if c.alpha is None else tuple((c.alpha > 0).flatten().tolist())
+
+    return tuple((k, c.dropped, opened(c)) for k, c in sorted(record.cells.items()))
 
 
 # -- no host reads ----------------------------------------------------------------------

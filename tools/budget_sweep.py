@@ -52,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as ``python tools/budget_sweep.py`` from anywhere
     sys.path.insert(0, str(REPO))
 
+from dyn_seg.utils.cli import int_at_least  # noqa: E402
+
 logger = logging.getLogger("budget_sweep")
 
 #: Files the sweep writes into its output folder.
@@ -134,12 +136,12 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="sweep folder (one subfolder per point)")
     parser.add_argument("--seed", type=int, default=0, help="SEED of every run (default 0)")
     parser.add_argument(
-        "--jobs", type=int, default=1,
+        "--jobs", type=int_at_least(1), default=1,
         help="runs at the same time (default 1); give each its own core: jobs x threads "
         "should not exceed the free cores",
     )
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads", type=int_at_least(1), default=None,
         help="OMP_NUM_THREADS of each run (default: $OMP_NUM_THREADS, else 1)",
     )
     parser.add_argument(

@@ -8,6 +8,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.panoptic_deeplab import PanopticDeepLab
 from torch import nn
 
+from .panoptic_any_size import configure_aspp_pooling, forward_any_size
 from .routed import RoutedMetaArchMixin, budget_from_config, count_module_mflops
 
 __all__ = ["DynamicPanopticDeepLab"]
@@ -43,8 +44,17 @@ class DynamicPanopticDeepLab(RoutedMetaArchMixin, PanopticDeepLab):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        # inference at any input size (MODEL.PANOPTIC_DEEPLAB.TEST_ASPP_POOLING)
+        configure_aspp_pooling(self, cfg.MODEL.PANOPTIC_DEEPLAB.TEST_ASPP_POOLING,
+                               cfg.INPUT.CROP.SIZE)
         self.setup_routing(budget_from_config(cfg), cfg.MODEL.CAL_FLOPS)
         self._head_flops: Dict[Tuple[int, int], float] = {}
+
+    def forward(self, batched_inputs: List[Dict]):
+        if self.training:
+            return super().forward(batched_inputs)
+        # detectron2's post-processing fails on outputs 1 px high or wide or of few pixels
+        return forward_any_size(self, super().forward, batched_inputs)
 
     def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
                     outputs: Optional[List[Dict]]) -> torch.Tensor:

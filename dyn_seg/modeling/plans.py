@@ -228,7 +228,7 @@ class GraphPlan:
                 shape = transition_shape(p, x.shape)
                 fmt = self.memory_format
 
-                def compute(a, al, p=p):
+                def compute(a, al, p=p, cell=cell):
                     return cell.path_output(p, al, a, False)
 
                 def skip(a, al, shape=shape, fmt=fmt):

@@ -118,10 +118,10 @@ class DynamicSemSegHead(nn.Module):
         return logits, {}
 
     def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        from .losses import ignore_safe_cross_entropy  # 0, not NaN, without a valid pixel
+
         with torch.autocast(logits.device.type, enabled=False):  # the loss in float32
-            loss = F.cross_entropy(
-                logits.float(), targets, reduction="mean", ignore_index=self.ignore_value
-            )
+            loss = ignore_safe_cross_entropy(logits.float(), targets, self.ignore_value)
         return {"loss_sem_seg": loss * self.loss_weight}
 
     def flops(self, size: Tuple[int, int]) -> float:
