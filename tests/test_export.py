@@ -147,6 +147,9 @@ def test_onnx_conditional_has_if_nodes_dense_has_no_control_flow(exports):
     inside = [n for n in _all_nodes(conditional) if n.op_type == "Conv"]
     top = [n for n in conditional.node if n.op_type == "Conv"]
     assert len(inside) > len(top)
+    # each weight stored once: in the branch that reads it, no unread top-level copy
+    read = {name for n in _all_nodes(conditional) for name in n.input}
+    assert all(t.name in read for t in conditional.initializer)
 
 
 def _eager_convolutions(module: ExportableSegmentor, image: torch.Tensor) -> int:

@@ -126,6 +126,46 @@ def _export_onnx(program: torch.export.ExportedProgram, sample: torch.Tensor, pa
                                          input_names=[INPUT_NAME],
                                          output_names=list(OUTPUT_NAMES), verbose=False)
     onnx_program.save(path)
+    _prune_onnx(path)
+
+
+def _used_names(graph) -> set:
+    """Every value name a node of ``graph`` or of its subgraphs reads (a branch of an
+    ``If`` may read values of the outer graph by name), and the graph's outputs."""
+    import onnx
+
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _used_names(attr.g)
+    return names
+
+
+def _prune_onnx(path: str) -> None:
+    """Drop the top-level initializers nothing reads and the nodes' source-location
+    metadata. The exporter moves the weights a ``torch.cond`` branch uses into the
+    branch's ``If`` subgraph but keeps the top-level copies: without this the conditional
+    file holds every such weight twice."""
+    import onnx
+
+    model = onnx.load(path)
+    used = _used_names(model.graph)
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+    def strip(graph):
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    strip(attr.g)
+
+    strip(model.graph)
+    onnx.save(model, path)
 
 
 def tracing_adapter(module: ExportableSegmentor, sample: torch.Tensor):
