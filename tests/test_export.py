@@ -285,3 +285,20 @@ def test_export_tool_and_runner_on_a_config(tmp_path, monkeypatch, capsys):
     assert [r["image"] for r in runs] == ["generated-0", "generated-1"]
     assert runs[1]["gflops"] == pytest.approx(checked[1]["gflops"], rel=1e-5)
     assert (tmp_path / "labels" / "generated-0.png").is_file()
+
+
+def test_sample_image_fixes_the_export_size(tmp_path):
+    """--sample-image: detectron2's test-time resize, rounded up to multiples of 32."""
+    import cv2
+
+    from dyn_seg.export.pipeline import sample_input
+
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), np.full((100, 170, 3), 60, np.uint8))
+    cfg = small_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 128, 1024
+    sample = sample_input(cfg, 32, str(path))
+    assert sample.shape == (3, 128, 224)  # 128 x 217.6 -> 128 x 218 -> 128 x 224
+    assert sample_input(cfg, 32, size=(70, 90)).shape == (3, 96, 96)
+    with pytest.raises(FileNotFoundError, match="cannot be read"):
+        sample_input(cfg, 32, str(tmp_path / "missing.png"))

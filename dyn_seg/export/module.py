@@ -29,11 +29,15 @@ OUTPUT_NAMES = ("sem_seg", "gates", "gflops")
 VARIANTS = ("conditional", "dense")
 
 
+def _cell_specs(network) -> list:
+    """The init cell's spec, then the routed cells' layer by layer."""
+    return [network.init_spec] + [s for layer in network.cell_specs for s in layer]
+
+
 def gate_columns(network) -> List[Tuple[int, int, str]]:
     """``(layer, scale, path)`` of each column of the ``gates`` output (init cell first,
     then the routed cells layer by layer, paths in gate-channel order)."""
-    specs = [network.init_spec] + [s for layer in network.cell_specs for s in layer]
-    return [(s.layer, s.scale, p) for s in specs for p in s.paths]
+    return [(s.layer, s.scale, p) for s in _cell_specs(network) for p in s.paths]
 
 
 class ExportableSegmentor(nn.Module):
@@ -84,21 +88,11 @@ class ExportableSegmentor(nn.Module):
         logits, _, record = self.copy(x)
         backbone = self.copy.backbone
         size = backbone.counting_size(x)
-        gates = torch.cat([c.alpha if c.alpha is not None
-                           else x.new_zeros(x.shape[0], c_width)
-                           for c, c_width in zip(
-                               (record.routing[k] for k in self._keys()), self._widths())],
-                          dim=1)
+        gates = torch.cat([
+            record.routing[(s.layer, s.scale)].alpha
+            if record.routing[(s.layer, s.scale)].alpha is not None
+            else x.new_zeros(x.shape[0], s.num_paths)
+            for s in _cell_specs(backbone)], dim=1)
         # real FLOPs of the segmentor: routed cells + stem (backbone) + decoder
         real = record.backbone_flops + self.copy.head.flops(size)
         return {"sem_seg": logits, "gates": gates, "gflops": real * 1e-3}
-
-    def _keys(self):
-        net = self.copy.backbone
-        return [(net.init_spec.layer, net.init_spec.scale)] + [
-            (s.layer, s.scale) for layer in net.cell_specs for s in layer]
-
-    def _widths(self):
-        net = self.copy.backbone
-        return [net.init_spec.num_paths] + [s.num_paths for layer in net.cell_specs
-                                            for s in layer]
