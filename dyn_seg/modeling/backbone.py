@@ -1,8 +1,9 @@
 """The Dynamic Routing backbone: fixed stem, init cell and the routing space of cells."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -31,7 +32,7 @@ from .routing_space import (
     feature_names,
 )
 
-__all__ = ["DynamicNetwork", "RoutingRecord", "stem_layer_specs"]
+__all__ = ["DynamicNetwork", "RoutingRecord", "RoutingRecorder", "stem_layer_specs"]
 
 
 def stem_layer_specs(init_channel: int, stem_width: int = 64, separable: bool = True
@@ -75,13 +76,44 @@ class RoutingRecord:
         return self.real_flops.detach() + self.stem_flops
 
 
+class RoutingRecorder:
+    """The explicit channel from a :class:`DynamicNetwork`'s ``forward`` to whoever called
+    the model around it (a meta-architecture whose detectron2 code calls
+    ``self.backbone(images)``): every ``forward`` inside :meth:`DynamicNetwork.recording`
+    appends its :class:`RoutingRecord` and input shape here."""
+
+    def __init__(self):
+        self.calls: List[Tuple[RoutingRecord, Tuple[int, ...]]] = []
+
+    def append(self, record: RoutingRecord, shape: Tuple[int, ...]) -> None:
+        self.calls.append((record, tuple(shape)))
+
+    def single(self, caller: str) -> Tuple[RoutingRecord, Tuple[int, ...]]:
+        """The one ``(record, input shape)`` recorded; an error naming ``caller`` otherwise."""
+        if len(self.calls) != 1:
+            raise RuntimeError(
+                f"{caller} ran its routed backbone {len(self.calls)} times in one forward; "
+                "a routed model's forward runs it exactly once."
+            )
+        return self.calls[0]
+
+
 class DynamicNetwork(Backbone):
     """Stem + init cell + ``layer_num`` layers of routing cells.
 
     ``forward(x)`` returns the features ``layer_0`` ... (keep outputs of the last layer's
-    cells, strides 4, 8, 16, 32); :meth:`forward_with_routing` also returns the
-    :class:`RoutingRecord`. A feature is None at inference when its cell received nothing.
+    cells, strides 4, 8, 16, 32) as tensors, a feature whose cell received nothing as zeros
+    of its shape, so that any detectron2 head takes them; its :class:`RoutingRecord` goes to
+    the recorders of :meth:`recording`. :meth:`forward_with_routing` returns both.
+
+    ``inference``: an optional :class:`~dyn_seg.modeling.transforms.FastInference` (a
+    plain attribute, never in the state dict). When set, eval-mode ``forward`` runs its
+    inference copy of this network (folded norms, the fast plan: closed paths are not
+    computed); forward hooks on this module still fire, hooks on its submodules do not
+    (they are not the modules that run). Training always runs these modules.
     """
+
+    inference = None  # FastInference or None (see the class docstring)
 
     @configurable
     def __init__(
@@ -209,8 +241,49 @@ class DynamicNetwork(Backbone):
     def padding_constraints(self) -> Dict[str, int]:
         return {"size_divisibility": self._max_stride}
 
-    def forward(self, x: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
-        return self.forward_with_routing(x)[0]
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.inference is not None and not self.training:
+            features, record = self.inference.run_network(self, x)
+        else:
+            features, record = self.forward_with_routing(x)
+        recorders = self.__dict__.get("_recorders")
+        if recorders:
+            recorders[-1].append(record, x.shape)
+        return self.dense_features(features, x)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[RoutingRecorder]:
+        """While active, every :meth:`forward` appends its record to the yielded
+        :class:`RoutingRecorder` (nested recordings: the innermost receives it)."""
+        recorder = RoutingRecorder()
+        stack = self.__dict__.setdefault("_recorders", [])
+        stack.append(recorder)
+        try:
+            yield recorder
+        finally:
+            stack.remove(recorder)
+
+    @property
+    def execution_plan(self) -> str:
+        """What eval-mode :meth:`forward` runs: ``"faithful"`` (these modules, every path)
+        or the inference copy's description (:meth:`FastInference.describe`)."""
+        return "faithful" if self.inference is None else self.inference.describe()
+
+    def dense_features(self, features: Dict[str, Optional[torch.Tensor]], x: torch.Tensor
+                       ) -> Dict[str, torch.Tensor]:
+        """``features`` with every None (a cell that received nothing) replaced by zeros of
+        the feature's shape for input ``x``: what that cell contributes."""
+        if all(v is not None for v in features.values()):
+            return features
+        shapes = self.output_shape()
+        out = {}
+        for name, value in features.items():
+            if value is None:
+                s = shapes[name]
+                value = x.new_zeros(x.shape[0], s.channels, -(-x.shape[-2] // s.stride),
+                                    -(-x.shape[-1] // s.stride))
+            out[name] = value
+        return out
 
     def forward_with_routing(
         self, x: torch.Tensor, plan=None
@@ -231,11 +304,14 @@ class DynamicNetwork(Backbone):
         expected, real = routing_flops(self.routing_costs(size), routing, x.shape[0], x)
         return features, RoutingRecord(routing, expected, real, stem)
 
-    def counting_size(self, x: torch.Tensor) -> Tuple[int, int]:
-        """(H, W) at which FLOPs are counted: ``flops_size``, else the (padded) input's."""
+    def counting_size(self, x) -> Tuple[int, int]:
+        """(H, W) at which FLOPs are counted: ``flops_size`` (``INPUT.FIX_SIZE_FOR_FLOPS``),
+        else the (padded) input's. ``x``: the input tensor or its shape. The one rule for
+        every FLOPs figure of every routed model (cells, stem and heads)."""
         if self.flops_size is not None:
             return self.flops_size
-        return int(x.shape[-2]), int(x.shape[-1])
+        shape = x.shape if torch.is_tensor(x) else tuple(x)
+        return int(shape[-2]), int(shape[-1])
 
     def flops_table(self, size: Tuple[int, int]) -> Tuple[Dict[Tuple[int, int], CellFlops], float]:
         """Static per-cell FLOPs and the stem's FLOPs (MFLOPs) at counting size ``size``."""

@@ -23,6 +23,7 @@ from .backbone import DynamicNetwork
 from .budget import BudgetConstraint
 from .flops import MEGA, scale_size
 from .routed import RoutedMetaArchMixin
+from .transforms import FastInference
 
 __all__ = [
     "DynamicClassifier",
@@ -172,7 +173,7 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
 
     @configurable
     def __init__(self, *, budget: Optional[BudgetConstraint] = None, cal_flops: bool = True,
-                 **kwargs):
+                 fast_inference=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(self.backbone, DynamicNetwork):
             raise ValueError(
@@ -180,16 +181,21 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
                 "(MODEL.BACKBONE.NAME build_dynamic_routing_backbone), got "
                 f"{type(self.backbone).__name__}."
             )
-        self.setup_routing(budget or BudgetConstraint(), cal_flops)
+        self.setup_routing(budget, cal_flops, fast_inference)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret["budget"] = BudgetConstraint.from_config(cfg)
         ret["cal_flops"] = cfg.MODEL.CAL_FLOPS
+        ret["fast_inference"] = FastInference.from_config(cfg)
         return ret
 
-    def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
-                    outputs: Optional[List[Dict]]) -> torch.Tensor:
-        size = self.backbone.flops_size or image_size
-        return torch.full((len(batched_inputs),), self.cls_head.flops(size))
+    def dense_head_mflops(self, size: Tuple[int, int]) -> float:
+        return self.cls_head.flops(size)
+
+    def trace_heads(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.cls_head(features)
+
+    def compiled_heads(self) -> List[nn.Module]:
+        return [self.cls_head]

@@ -1,33 +1,17 @@
 """Panoptic-DeepLab (detectron2's ``projects.panoptic_deeplab``) on the routed backbone."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.panoptic_deeplab import PanopticDeepLab
-from torch import nn
+from detectron2.structures import ImageList
 
-from .routed import RoutedMetaArchMixin, budget_from_config, count_module_mflops
+from .routed import RoutedMetaArchMixin, budget_from_config, count_dense_head_mflops
+from .transforms import FastInference
 
 __all__ = ["DynamicPanopticDeepLab"]
-
-
-class _DenseHeads(nn.Module):
-    """Both Panoptic-DeepLab heads as one module of positional feature tensors (what
-    fvcore's tracer takes), run as at inference (including the upsampling to stride 1)."""
-
-    def __init__(self, model: PanopticDeepLab, names: List[str]):
-        super().__init__()
-        self.sem_seg_head = model.sem_seg_head
-        self.ins_embed_head = model.ins_embed_head
-        self.names = names
-
-    def forward(self, *tensors):
-        features = dict(zip(self.names, tensors))
-        sem, _ = self.sem_seg_head(features)
-        center, offset, _, _ = self.ins_embed_head(features)
-        return sem, center, offset
 
 
 @META_ARCH_REGISTRY.register()
@@ -38,25 +22,34 @@ class DynamicPanopticDeepLab(RoutedMetaArchMixin, PanopticDeepLab):
 
     Outputs per image detectron2's ``"panoptic_seg"``, ``"sem_seg"``, ``"instances"`` plus
     ``"flops"`` and ``"routing"``; training adds ``loss_budget`` (see
-    :mod:`dyn_seg.modeling.routed`). Real FLOPs count both heads at the padded input size.
+    :mod:`dyn_seg.modeling.routed`). Real FLOPs count both heads at the counting size.
+    In eval mode the routed network runs its inference copy on the fast plan
+    (``MODEL.FAST.*``), the heads run as detectron2 has them.
     """
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.setup_routing(budget_from_config(cfg), cfg.MODEL.CAL_FLOPS)
+        self.setup_routing(budget_from_config(cfg), cfg.MODEL.CAL_FLOPS,
+                           FastInference.from_config(cfg))
         self._head_flops: Dict[Tuple[int, int], float] = {}
 
-    def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
-                    outputs: Optional[List[Dict]]) -> torch.Tensor:
+    def dense_head_mflops(self, size: Tuple[int, int]) -> float:
         # the dense heads cost the same for every image of a size: count once per size
-        if image_size not in self._head_flops:
-            shapes = self.backbone.output_shape()
-            names = sorted(shapes)
-            h, w = image_size
-            feats = tuple(
-                torch.zeros(1, shapes[n].channels, h // shapes[n].stride, w // shapes[n].stride,
-                            device=self.device)
-                for n in names
-            )
-            self._head_flops[image_size] = count_module_mflops(_DenseHeads(self, names), feats)
-        return torch.full((len(batched_inputs),), self._head_flops[image_size])
+        size = (int(size[0]), int(size[1]))
+        if size not in self._head_flops:
+            self._head_flops[size] = count_dense_head_mflops(self, size)
+        return self._head_flops[size]
+
+    def network_input(self, batched_inputs) -> torch.Tensor:
+        """As ``PanopticDeepLab.forward`` (detectron2 0.7.2) normalises and pads the images."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
+                  for x in batched_inputs]
+        divisibility = self.size_divisibility if self.size_divisibility > 0 \
+            else self.backbone.size_divisibility
+        return ImageList.from_tensors(images, divisibility).tensor
+
+    def trace_heads(self, features: Dict[str, torch.Tensor]):
+        """Both heads as at inference (including the upsampling to stride 1)."""
+        sem, _ = self.sem_seg_head(features)
+        center, offset, _, _ = self.ins_embed_head(features)
+        return sem, center, offset
