@@ -8,7 +8,7 @@ from torch import nn
 
 from .backbone import DynamicNetwork
 from .flops import CellRouting, routing_flops
-from .routed import routed_model
+from .routed import RoutedModel, routed_model
 
 __all__ = ["all_open_flops"]
 
@@ -17,8 +17,9 @@ def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     """MFLOPs of one ``size`` = (H, W) image with every gate activation at 1 (all paths open).
 
     ``model``: a routed model (:class:`~dyn_seg.modeling.routed.RoutedModel`: its
-    ``dense_head_mflops(size)`` gives the heads) or a :class:`DynamicNetwork` alone (no head
-    FLOPs). ``size`` is the counting size (what ``INPUT.FIX_SIZE_FOR_FLOPS`` would say), e.g.
+    ``dense_head_mflops(size)`` gives the heads), a :class:`DynamicNetwork` alone (no head
+    FLOPs), or a plain module holding a segmentor's parts (a network ``backbone`` and a
+    decoder ``sem_seg_head`` with ``flops(size)``, as the reference-parity checks build). ``size`` is the counting size (what ``INPUT.FIX_SIZE_FOR_FLOPS`` would say), e.g.
     (1024, 2048) for Cityscapes frames.
 
     Returns ``expected`` (every cell's operations and transitions; at 768 x 768 this is what
@@ -32,8 +33,12 @@ def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     size = (int(size[0]), int(size[1]))
     if isinstance(model, DynamicNetwork):
         network, head_flops = model, 0.0
+    elif isinstance(model, RoutedModel):
+        network, head_flops = model.routed_network, float(model.dense_head_mflops(size))
+    elif isinstance(getattr(model, "backbone", None), DynamicNetwork):  # segmentor parts
+        network, head_flops = model.backbone, float(model.sem_seg_head.flops(size))
     else:
-        routed = routed_model(model)
+        routed = routed_model(model)  # a DDP wrapper, or a clear error
         network, head_flops = routed.routed_network, float(routed.dense_head_mflops(size))
     table, stem = network.flops_table(size)
     open_gates = {
