@@ -15,9 +15,6 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
-from .modeling.classification import add_classification_config
-from .modeling.context_heads import add_context_head_config
-
 #: Config file (under ``configs/``) with detectron2's keys set to build a Dynamic Routing model.
 BASE_CONFIG = "Base-DynamicRouting.yaml"
 
@@ -144,8 +141,36 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # Also run cityscapesscripts' official evaluation (reported as "cityscapes_sem_seg")
     # beside the mIoU of detectron2's SemSegEvaluator on Cityscapes-type datasets.
     _C.TEST.CITYSCAPES_OFFICIAL_EVAL = True
-    add_context_head_config(_C)  # MODEL.SEM_SEG_HEAD.CONTEXT.*
-    add_classification_config(_C)  # MODEL.CLASSIFIER.*, INPUT.CLASSIFICATION.*
+
+    # Context head (dyn_seg.modeling.context_heads.DynamicContextSemSegHead).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT = CN()
+    # Context module on the coarsest feature: "PSP" (pyramid pooling, PSPNet) or "ASPP"
+    # (atrous spatial pyramid pooling, DeepLabV3).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.NAME = "PSP"
+    # PSP: output sizes of the adaptive average poolings (PSPNet's 1, 2, 3, 6).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.PSP_BINS = [1, 2, 3, 6]
+    # ASPP: dilations of its three 3x3 convolutions. DeepLabV3 uses (6, 12, 18) at output
+    # stride 16 and doubles them at stride 8; on this head's stride-32 feature the same
+    # field of view in pixels is (3, 6, 9).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DILATIONS = [3, 6, 9]
+    # ASPP: dropout on its output during training (DeepLab uses 0.1).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DROPOUT = 0.0
+
+    # Classification (dyn_seg.modeling.classification.DynamicClassifier, ImageNet
+    # pretraining of the backbone).
+    _C.MODEL.CLASSIFIER = CN()
+    # Number of classes (1000 for ImageNet-1k).
+    _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    # Backbone features that are globally average-pooled and concatenated before the linear
+    # classifier; the coarsest (stride 32) one by default.
+    _C.MODEL.CLASSIFIER.IN_FEATURES = ["layer_3"]
+    _C.INPUT.CLASSIFICATION = CN()
+    # Training: random resized crop to CROP_SIZE x CROP_SIZE covering MIN_SCALE..1 of the
+    # image area (aspect ratio 3/4..4/3), then a horizontal flip with probability 0.5.
+    _C.INPUT.CLASSIFICATION.CROP_SIZE = 224
+    _C.INPUT.CLASSIFICATION.MIN_SCALE = 0.08
+    # Testing: resize the short edge to TEST_RESIZE, then a centre crop of CROP_SIZE.
+    _C.INPUT.CLASSIFICATION.TEST_RESIZE = 256
     return cfg
 
 

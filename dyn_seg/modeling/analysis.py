@@ -19,7 +19,8 @@ def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     ``model``: a routed model (:class:`~dyn_seg.modeling.routed.RoutedModel`: its
     ``dense_head_mflops(size)`` gives the heads), a :class:`DynamicNetwork` alone (no head
     FLOPs), or a plain module holding a segmentor's parts (a network ``backbone`` and a
-    decoder ``sem_seg_head`` with ``flops(size)``, as the reference-parity checks build). ``size`` is the counting size (what ``INPUT.FIX_SIZE_FOR_FLOPS`` would say), e.g.
+    decoder ``sem_seg_head`` with ``flops(size)``, as the reference-parity checks build).
+    ``size`` is the counting size (what ``INPUT.FIX_SIZE_FOR_FLOPS`` would say), e.g.
     (1024, 2048) for Cityscapes frames.
 
     Returns ``expected`` (every cell's operations and transitions; at 768 x 768 this is what

@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -29,37 +28,7 @@ __all__ = [
     "DynamicClassifier",
     "GlobalPoolClassificationHead",
     "ImageClassifier",
-    "add_classification_config",
-    "is_classification_config",
 ]
-
-#: Meta-architectures trained on image-level labels (their data, mapper and evaluator
-#: differ from segmentation's).
-CLASSIFICATION_META_ARCHITECTURES = ("DynamicClassifier",)
-
-
-def is_classification_config(cfg: CN) -> bool:
-    """Whether ``cfg`` builds a classification model (``MODEL.META_ARCHITECTURE``)."""
-    return cfg.MODEL.META_ARCHITECTURE in CLASSIFICATION_META_ARCHITECTURES
-
-
-def add_classification_config(cfg: CN) -> CN:
-    """Keys of the classification meta-architecture and its data, in place."""
-    cfg.MODEL.CLASSIFIER = CN()
-    # Number of classes (1000 for ImageNet-1k).
-    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 1000
-    # Backbone features that are globally average-pooled and concatenated before the linear
-    # classifier; the coarsest (stride 32) one by default.
-    cfg.MODEL.CLASSIFIER.IN_FEATURES = ["layer_3"]
-    cfg.INPUT.CLASSIFICATION = CN()
-    # Training: random resized crop to CROP_SIZE x CROP_SIZE covering MIN_SCALE..1 of the
-    # image area (aspect ratio 3/4..4/3), then a horizontal flip with probability 0.5.
-    cfg.INPUT.CLASSIFICATION.CROP_SIZE = 224
-    cfg.INPUT.CLASSIFICATION.MIN_SCALE = 0.08
-    # Testing: resize the short edge to TEST_RESIZE, then a centre crop of CROP_SIZE.
-    cfg.INPUT.CLASSIFICATION.TEST_RESIZE = 256
-    return cfg
-
 
 class GlobalPoolClassificationHead(nn.Module):
     """Global average pooling of each feature in ``in_features``, concatenated, then a

@@ -22,7 +22,6 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import ASPP, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
@@ -36,29 +35,11 @@ __all__ = [
     "CONTEXT_MODULES",
     "DynamicContextSemSegHead",
     "PyramidPooling",
-    "add_context_head_config",
     "aspp_flops",
     "build_context_module",
 ]
 
 CONTEXT_MODULES = ("PSP", "ASPP")
-
-
-def add_context_head_config(cfg: CN) -> CN:
-    """Keys of the context head (``MODEL.SEM_SEG_HEAD.CONTEXT.*``), in place."""
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT = CN()
-    # Context module of DynamicContextSemSegHead on the coarsest feature: "PSP" (pyramid
-    # pooling, PSPNet) or "ASPP" (atrous spatial pyramid pooling, DeepLabV3).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.NAME = "PSP"
-    # PSP: output sizes of the adaptive average poolings (PSPNet's 1, 2, 3, 6).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.PSP_BINS = [1, 2, 3, 6]
-    # ASPP: dilations of its three 3x3 convolutions. DeepLabV3 uses (6, 12, 18) at output
-    # stride 16 and doubles them at stride 8; on this head's stride-32 feature the same
-    # field of view in pixels is (3, 6, 9).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DILATIONS = [3, 6, 9]
-    # ASPP: dropout on its output during training (DeepLab uses 0.1).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DROPOUT = 0.0
-    return cfg
 
 
 class PyramidPooling(nn.Module):
