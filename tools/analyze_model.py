@@ -16,7 +16,8 @@ Reports, in GFLOPs (1e9 multiply-adds, one fused multiply-add = one FLOP):
   per image, on the normalised, padded image): convolutions, batch norm (2 per element
   with affine), bilinear upsampling (4 per output element), adaptive average pooling
   (1 per input element), and ReLU (1 per element, a handle added here to match the
-  reference rule); elementwise adds and the gates' scaling multiplications are not counted (listed under "uncounted_operators");
+  reference rule); elementwise adds and the gates' scaling multiplications are not
+  counted (listed under "uncounted_operators");
 * parameters per part (stem, init cell, each layer's cells, all gates, head) with fvcore's
   parameter_count; the parts sum to the total. Gates sit inside the cells but are counted
   apart, so that "total - gates" is the Network-Fix (no gates) count.
