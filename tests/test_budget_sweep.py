@@ -3,7 +3,6 @@ again skips finished points instead of training them again."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,14 +28,10 @@ TINY = [
 
 
 def _load_tool():
-    """tools/budget_sweep.py as a module (registered first: its dataclass needs that)."""
-    if "budget_sweep" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "budget_sweep", REPO / "tools" / "budget_sweep.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["budget_sweep"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["budget_sweep"]
+    """The sweep's module (tools/budget_sweep.py runs its ``main``)."""
+    from dyn_seg.benchmark import budget_sweep
+
+    return budget_sweep
 
 
 def _sweep(root: str, output: Path, *points: str) -> subprocess.CompletedProcess:

@@ -132,7 +132,7 @@ def _trained_tiny():
 
 
 def _scenes(n=4, height=128, width=256, seed=3):
-    from dyn_seg.data.synthetic import render_scene
+    from dyn_seg.synthetic import render_scene
 
     rng = np.random.default_rng(seed)
     images = []
@@ -259,7 +259,7 @@ def test_one_process_nccl_training_with_sync_bn_trains_and_checkpoints(tmp_path,
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+    from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     root = tmp_path_factory.mktemp("synthetic")
     return generate_synthetic_cityscapes(str(root), num_train=4, num_val=2, height=64,

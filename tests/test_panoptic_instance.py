@@ -31,7 +31,7 @@ def datasets(tmp_path_factory):
     from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 
     from dyn_seg.data.panoptic import register_cityscapes_tasks
-    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+    from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     root = generate_synthetic_cityscapes(str(tmp_path_factory.mktemp("pan")), num_train=4,
                                          num_val=2, height=64, width=128, progress=False)

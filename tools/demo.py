@@ -18,10 +18,9 @@ evaluation script and test server expect (README: "Submitting to the Cityscapes 
 server"). A file that cannot be read or segmented is reported (file and reason) and the
 others are processed; the exit status is then 1.
 """
-import warnings
+import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+# isort: split
 
 import argparse
 import os

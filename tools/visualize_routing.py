@@ -21,10 +21,9 @@ Examples::
     python tools/visualize_routing.py --config-file my.yaml --input 'photos/*.jpg' \\
         --output routing_photos --per-image MODEL.DEVICE cpu
 """
-import warnings
+import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+# isort: split
 
 import argparse
 import json

@@ -7,7 +7,6 @@ import os
 from collections import OrderedDict
 from typing import Dict, Iterator, Optional
 
-import detectron2.engine.defaults as d2_defaults
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
@@ -19,6 +18,7 @@ from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
 from dyn_seg.tasks import task_for
 
 from .bn_stats import PreciseBNWithoutDropPath
+from .d2_internals import building_with, precise_bn_settings, replace_step
 from .ddp import create_ddp_model
 from .guards import NonFiniteGuard, NonFiniteLossCheck, explain_non_finite_loss
 from .hooks import StepRateHook, unwrap_model
@@ -60,17 +60,6 @@ def _forward_under_autocast(model: nn.Module, device_type: str, dtype: torch.dty
             handle.remove()
         while active:  # a forward that raised
             active.pop().__exit__(None, None, None)
-
-
-@contextlib.contextmanager
-def _replaced(module, name: str, value) -> Iterator[None]:
-    """Set ``module.name`` to ``value`` inside the body, and back afterwards."""
-    saved = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
 
 
 def _check_tta(cfg: CfgNode) -> None:
@@ -159,7 +148,7 @@ class Trainer(DefaultTrainer):
         # which passes device_ids=[local_rank] and so rejects CPU models; detectron2 offers
         # no build_* method for the wrapper, so ours (device_ids=None on the CPU) stands in
         # for it while DefaultTrainer builds.
-        with _replaced(d2_defaults, "create_ddp_model", create_ddp_model):
+        with building_with(create_ddp_model):
             super().__init__(cfg)
 
     def build_hooks(self):
@@ -185,12 +174,13 @@ class Trainer(DefaultTrainer):
         """Replace DefaultTrainer's ``SimpleTrainer``/``AMPTrainer`` by ours (same model,
         data loader and optimizer) and its ``DetectionCheckpointer`` by a
         :class:`DynSegCheckpointer` with the same model, folder and checkpointables."""
-        step = self._trainer
-        if self.cfg.SOLVER.AMP.ENABLED:
-            self._trainer = AutocastTrainer(step.model, step.data_loader, step.optimizer,
-                                            precision=amp_dtype(self.cfg))
-        else:
-            self._trainer = _SimpleTrainer(step.model, step.data_loader, step.optimizer)
+        def ours(step):
+            if self.cfg.SOLVER.AMP.ENABLED:
+                return AutocastTrainer(step.model, step.data_loader, step.optimizer,
+                                       precision=amp_dtype(self.cfg))
+            return _SimpleTrainer(step.model, step.data_loader, step.optimizer)
+
+        replace_step(self, ours)
         old = self.checkpointer
         self.checkpointer = DynSegCheckpointer(
             old.model, old.save_dir, allow_unsafe_pickle=self._allow_unsafe_pickle,
@@ -199,8 +189,7 @@ class Trainer(DefaultTrainer):
 
     def _without_drop_path(self, hook: hooks.PreciseBN) -> PreciseBNWithoutDropPath:
         """The same precise-BN pass (period, model, loader, batches), with drop path off."""
-        return PreciseBNWithoutDropPath(hook._period, hook._model, hook._data_loader,
-                                        hook._num_iter)
+        return PreciseBNWithoutDropPath(*precise_bn_settings(hook))
 
     def run_step(self) -> None:
         # a NaN/Inf loss stops training with the iteration and the last good checkpoint named
