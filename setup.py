@@ -10,8 +10,25 @@ import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
+
+
+class BuildPyWithConfigs(build_py):
+    """``build_py`` that also ships the repository's ``configs/`` as ``dyn_seg/configs``
+    (the source of truth stays ``configs/``; there is no second copy in git), so that
+    ``dyn_seg.model_zoo`` and ``get_dyn_seg_cfg`` find them in a non-editable install."""
+
+    def run(self):
+        super().run()
+        source = HERE / "configs"
+        if not source.is_dir():  # building from an sdist without configs/
+            raise FileNotFoundError(f"{source} is missing: dyn_seg needs its configs/")
+        target = Path(self.build_lib) / "dyn_seg" / "configs"
+        for path in sorted(source.rglob("*.yaml")):
+            self.mkpath(str(target / path.relative_to(source).parent))
+            self.copy_file(str(path), str(target / path.relative_to(source)))
 
 
 def read_version() -> str:
@@ -31,6 +48,7 @@ setup(
     packages=find_packages(include=["dyn_seg", "dyn_seg.*"]),
     # the trained Tiny network that model_zoo.get(..., trained=True) loads offline
     package_data={"dyn_seg.model_zoo": ["weights/*.pth"]},
+    cmdclass={"build_py": BuildPyWithConfigs},  # + configs/ as dyn_seg/configs
     python_requires=">=3.9",
     install_requires=[
         "fvcore>=0.1.5,<0.1.6",

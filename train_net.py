@@ -3,6 +3,7 @@
 
     python train_net.py --config-file configs/Cityscapes/Dynamic-L16-B.yaml --num-gpus 8
     python train_net.py --config-file CONFIG --resume               # continue a run
+    python train_net.py --config-file CONFIG --new-run-subdir       # OUTPUT_DIR/run_N
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
 
 Datasets are read from $DETECTRON2_DATASETS (export it before running). With
@@ -22,12 +23,21 @@ from detectron2.utils.logger import setup_logger
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.engine import Trainer
+from dyn_seg.engine.output_dir import prepare_output_dir, release_output_dir
 from dyn_seg.evaluation import report_results
 
 
 def setup(args):
-    """Config from defaults, dyn_seg keys, ``--config-file`` and command-line overrides."""
+    """Config from defaults, dyn_seg keys, ``--config-file`` and command-line overrides.
+
+    For training, OUTPUT_DIR is checked and locked first (:func:`prepare_output_dir`: no
+    second run on it, no new run over another run's checkpoints, ``--resume`` only with
+    the checkpoints' model), before detectron2 writes config.yaml there.
+    """
     cfg = get_dyn_seg_cfg(args.config_file, args.opts)
+    if not args.eval_only:
+        cfg.OUTPUT_DIR = prepare_output_dir(cfg, resume=args.resume,
+                                            new_run_subdir=args.new_run_subdir)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dyn_seg")
@@ -53,6 +63,7 @@ def main(args):
         results = trainer.train()
     if comm.is_main_process():
         report_results(results, cfg.OUTPUT_DIR, cfg.DATASETS.TEST)
+        release_output_dir(cfg.OUTPUT_DIR)
     return results
 
 
@@ -69,6 +80,12 @@ def argument_parser():
         action="store_true",
         help="with --eval-only: evaluate even when MODEL.WEIGHTS is empty or leaves parameters "
         "missing or wrongly shaped (they keep their random initialisation)",
+    )
+    parser.add_argument(
+        "--new-run-subdir",
+        action="store_true",
+        help="when OUTPUT_DIR holds another training run, start this one afresh in the next "
+        "free subfolder OUTPUT_DIR/run_N instead of stopping (the old run stays untouched)",
     )
     return parser
 

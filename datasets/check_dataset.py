@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-r"""Check a registered semantic segmentation dataset for every problem at once.
+r"""Check a registered dataset (semantic, panoptic, instance or classification) for every
+problem at once.
 
 Decodes every image and label of a detectron2 dataset (e.g. cityscapes_fine_sem_seg_train,
-voc_2012_sem_seg_val) and lists all problems: missing or corrupt files, label values that
-are neither a class id nor the ignore label, size mismatches, 16-bit images (errors), and
-grayscale images (warnings). Exits with status 1 when there are errors.
+voc_2012_sem_seg_val, cityscapes_fine_panoptic_train, cityscapes_fine_instance_seg_train,
+imagenet_train) and lists all problems: missing or corrupt files, label values that are
+neither a class id nor the ignore label, size mismatches, 16-bit images, damaged panoptic
+PNGs, degenerate polygons, class indices out of range (errors), and grayscale images or
+label maps without a class pixel (warnings). The task is told by the records' keys
+(--task overrides it). Exits with status 1 when there are errors.
 
 Example::
 
@@ -28,6 +32,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset", action="append", required=True, metavar="NAME",
         help="registered detectron2 dataset name (repeat for several)",
+    )
+    parser.add_argument(
+        "--task", choices=("semantic", "panoptic", "instance", "classification"), default=None,
+        help="what the records are for (default: told by their keys)",
     )
     parser.add_argument(
         "--num-classes", type=int, default=None,
@@ -67,11 +75,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             status = 2
             continue
         meta = MetadataCatalog.get(name)
+        try:
+            dicts = DatasetCatalog.get(name)
+        except Exception as e:  # loaders raise assertion, file and value errors
+            print(f"error: cannot load dataset {name}: {type(e).__name__}: {e}", file=sys.stderr)
+            status = 2
+            continue
+        task = args.task or dyn_data.task_of_records(dicts)
         num_classes = args.num_classes
-        if num_classes is None:
-            classes = meta.get("stuff_classes", None)
+        if num_classes is None and task != "instance":
+            # semantic / panoptic: stuff_classes; classification: classes (set by its loader)
+            key = "classes" if task == "classification" else "stuff_classes"
+            classes = meta.get(key, None)
             if not classes:
-                print(f"error: {name} has no stuff_classes metadata; pass --num-classes",
+                print(f"error: {name} has no {key} metadata; pass --num-classes",
                       file=sys.stderr)
                 status = 2
                 continue
@@ -79,16 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         ignore_label = args.ignore_label
         if ignore_label is None:
             ignore_label = int(meta.get("ignore_label", 255))
-        try:
-            dicts = DatasetCatalog.get(name)
-        except Exception as e:  # loaders raise assertion, file and value errors
-            print(f"error: cannot load dataset {name}: {type(e).__name__}: {e}", file=sys.stderr)
-            status = 2
-            continue
-        print(f"Checking {name}: {len(dicts)} records, {num_classes} classes, "
-              f"ignore label {ignore_label}")
-        problems = dyn_data.check_sem_seg_dataset(
-            dicts, num_classes, ignore_label=ignore_label,
+        print(f"Checking {name} ({task}): {len(dicts)} records"
+              + (f", {num_classes} classes" if num_classes else "")
+              + (f", ignore label {ignore_label}" if task in ("semantic", "panoptic") else ""))
+        problems = dyn_data.check_dataset(
+            dicts, task, num_classes or 0, ignore_label=ignore_label,
             progress=not args.no_progress, num_workers=args.workers,
         )
         for message in problems:

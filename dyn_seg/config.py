@@ -10,7 +10,7 @@ which every shipped config chains to and :func:`get_dyn_seg_cfg` merges first.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import List, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
@@ -41,6 +41,10 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
         from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
 
         add_panoptic_deeplab_config(_C)
+    # Panoptic-DeepLab's ASPP image pooling at test time: "global" (the whole feature map, as
+    # in training on crops; any input size) or "crop" (detectron2's window of the training
+    # crop; inputs must tile into it). See dyn_seg.modeling.aspp_pooling.
+    _C.MODEL.PANOPTIC_DEEPLAB.TEST_ASPP_POOLING = "global"
     # "SGD" (the paper's: momentum, nesterov) or "ADAM" (Panoptic-DeepLab's); the Panoptic-
     # DeepLab project sets "ADAM" by default, dyn_seg keeps the paper's SGD unless asked.
     _C.SOLVER.OPTIMIZER = "SGD"
@@ -122,11 +126,27 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # torch.compile mode for inductor: "default", "reduce-overhead" (CUDA graphs),
     # "max-autotune", "max-autotune-no-cudagraphs".
     _C.MODEL.FAST.COMPILE_MODE = "default"
+    # Execution plan of the inference copy: "fast" (the gates of a layer read by the host,
+    # closed paths skipped per image on sub-batches), "graph-dense" (no host decision:
+    # every path computed and weighted, one program per input shape) or
+    # "graph-conditional" (no host decision when compiled or exported: each cell's
+    # operations and transitions under a device predicate, torch.cond).
+    _C.MODEL.FAST.PLAN = "fast"
+    # With PLAN graph-dense on CUDA: capture the whole forward pass as a CUDA graph once per
+    # input shape and replay it (the host issues one launch per forward pass).
+    _C.MODEL.FAST.CUDA_GRAPH = False
     # Training steps (dyn_seg.modeling.transforms.prepare_for_training): NHWC weights,
     # torch.compile backend of the static modules ("" off). Mixed precision in training is
     # detectron2's SOLVER.AMP.ENABLED (+ SOLVER.AMP.PRECISION).
     _C.MODEL.FAST.TRAIN_CHANNELS_LAST = False
     _C.MODEL.FAST.TRAIN_COMPILE = ""
+    # What TRAIN_COMPILE compiles: "modules" (each static module; routing in Python) or
+    # "network" (the routed network's whole forward pass as one graph, fullgraph=True).
+    _C.MODEL.FAST.TRAIN_COMPILE_SCOPE = "modules"
+    # Recompute each cell's activations in the backward pass instead of keeping them
+    # (torch.utils.checkpoint, non-reentrant): less memory, about one more forward pass of
+    # compute, the same gradients.
+    _C.MODEL.FAST.TRAIN_CHECKPOINT = False
 
     # Training (dyn_seg.engine). LR multiplier of every parameter whose name contains
     # "gate" (2.5 in the paper's Cityscapes recipe).
@@ -174,16 +194,23 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     return cfg
 
 
+def config_root() -> Path:
+    """The folder of dyn_seg's configs: ``dyn_seg/configs`` in an installed package (setup.py
+    copies the repository's ``configs/`` there), else ``configs/`` of the source checkout."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "configs", here.parent / "configs"):
+        if (root / BASE_CONFIG).is_file():
+            return root
+    raise FileNotFoundError(
+        f"dyn_seg's configs ({BASE_CONFIG} and the rest) were found neither in the package "
+        f"({here / 'configs'}) nor in a source checkout ({here.parent / 'configs'}): "
+        "reinstall dyn_seg (pip install .) from a complete source checkout."
+    )
+
+
 def base_config_file() -> str:
     """Path of ``configs/Base-DynamicRouting.yaml`` (source checkout or installed package)."""
-    here = Path(__file__).resolve().parent
-    for root in (here.parent / "configs", here / "configs"):
-        if (root / BASE_CONFIG).is_file():
-            return str(root / BASE_CONFIG)
-    raise FileNotFoundError(
-        f"dyn_seg's configs/{BASE_CONFIG} was not found next to the package; install dyn_seg "
-        "from a source checkout (pip install -e .)."
-    )
+    return str(config_root() / BASE_CONFIG)
 
 
 def _removed_key_errors(config_file: str, opts: Sequence[str]) -> None:
@@ -212,12 +239,57 @@ def validate_config(cfg: CN) -> None:
         )
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _example(value) -> str:
+    """How to write ``value`` on the command line."""
+    if isinstance(value, (tuple, list)):
+        return f'"{tuple(value)!r}"'
+    if isinstance(value, str):
+        return repr(value) if value else "some_text"
+    return repr(value)
+
+
+def typed_overrides(cfg: CN, opts: Sequence[str]) -> List[str]:
+    """The command-line ``KEY VALUE`` overrides ``opts`` checked against the types of
+    ``cfg``: an integer for a float key is taken as that float (``GATE_INIT_BIAS -100`` is
+    -100.0); any other value that yacs would refuse is a ValueError naming the key, the
+    type it takes and an example. Unknown keys are left to yacs (its KeyError names them).
+    """
+    from yacs.config import _check_and_coerce_cfg_value_type
+
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        key, text = out[i], out[i + 1]
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part, KeyError) if isinstance(node, CN) else KeyError
+        if node is KeyError or isinstance(node, CN):
+            continue
+        value = CN._decode_cfg_value(text)
+        if isinstance(node, float) and isinstance(value, int) and not isinstance(value, bool):
+            out[i + 1] = repr(float(value))
+            continue
+        try:
+            _check_and_coerce_cfg_value_type(value, node, key.split(".")[-1], key)
+        except ValueError:
+            raise ValueError(
+                f"Config override {key} {text}: {key} takes {_a(type(node).__name__)} "
+                f"(now {node!r}), not {_a(type(value).__name__)}; e.g. "
+                f"{key} {_example(node)}"
+            ) from None
+    return out
+
+
 def get_dyn_seg_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     """detectron2's default config with the dyn_seg keys, then ``configs/Base-DynamicRouting.yaml``
     (detectron2's keys set to build a Dynamic Routing model), ``config_file`` (if given) and
     the ``KEY VALUE`` overrides ``opts`` merged in, in that order (not frozen).
 
-    A file or override that sets a removed key gets a KeyError naming its replacement.
+    A file or override that sets a removed key gets a KeyError naming its replacement;
+    overrides are typed by :func:`typed_overrides` (ints accepted for floats).
     """
     from detectron2.config import get_cfg
 
@@ -227,6 +299,6 @@ def get_dyn_seg_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     cfg.merge_from_file(base_config_file())
     if config_file:
         cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg.merge_from_list(typed_overrides(cfg, opts))
     validate_config(cfg)
     return cfg

@@ -10,11 +10,13 @@ the demo and the visualiser read it through :func:`task_for`.
   paper's augmentations; mIoU (+ the official Cityscapes evaluation), GFLOPs and gates;
   multi-scale + flip TTA;
 * panoptic (``DynamicPanopticDeepLab``): detectron2's ``PanopticDeeplabDatasetMapper``
-  (centre / offset targets) for training, detectron2's ``DatasetMapper`` for testing;
+  (centre / offset targets) for training, detectron2's ``DatasetMapper`` for testing, both
+  with checked reading (:mod:`dyn_seg.data.task_mappers`);
   evaluators: PQ / SQ / RQ (``COCOPanopticEvaluator``), mIoU (``SemSegEvaluator`` on the
   dataset's ``sem_seg_file_name``), instance AP (``CityscapesInstanceEvaluator``, on
   Cityscapes panoptic datasets), GFLOPs and gates (``RoutingEvaluator``);
-* instance (``DynamicRCNN``): detectron2's ``DatasetMapper`` with instance masks;
+* instance (``DynamicRCNN``): detectron2's ``DatasetMapper`` with instance masks (checked
+  reading and annotations);
   evaluators: COCO-style AP / AP50 by ``CityscapesInstanceEvaluator`` (Cityscapes datasets)
   or ``COCOEvaluator`` (others), GFLOPs and gates;
 * classification (``DynamicClassifier``): image-level labels (``dyn_seg.data.imagenet``);
@@ -28,7 +30,6 @@ from typing import Callable, Dict, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import (
-    DatasetMapper,
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
@@ -146,21 +147,25 @@ def _classification_evaluator(cfg: CfgNode, dataset_name: str, output_folder: st
     return build_classification_evaluator(cfg, dataset_name, output_folder)
 
 
-# ---- panoptic and instance segmentation (detectron2's mappers) ----------------------------
+# ---- panoptic and instance segmentation (detectron2's mappers, checked reading) -----------
 def _panoptic_train_loader(cfg: CfgNode):
-    from detectron2.projects.panoptic_deeplab import PanopticDeeplabDatasetMapper
+    from dyn_seg.data.task_mappers import PanopticDatasetMapper
 
-    return build_detection_train_loader(cfg, mapper=PanopticDeeplabDatasetMapper(cfg))
+    return build_detection_train_loader(cfg, mapper=PanopticDatasetMapper(cfg))
 
 
 def _instance_train_loader(cfg: CfgNode):
-    return build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True))
+    from dyn_seg.data.task_mappers import InstanceDatasetMapper
+
+    return build_detection_train_loader(cfg, mapper=InstanceDatasetMapper(cfg, is_train=True))
 
 
 def _detection_test_loader(cfg: CfgNode, dataset_name: str):
-    """Images and their sizes (detectron2's ``DatasetMapper``)."""
+    """Images and their sizes (a bad file is an error naming it)."""
+    from dyn_seg.data.task_mappers import ImageTestMapper
+
     return build_detection_test_loader(cfg, dataset_name,
-                                       mapper=DatasetMapper(cfg, is_train=False))
+                                       mapper=ImageTestMapper(cfg, is_train=False))
 
 
 def _panoptic_evaluators(cfg: CfgNode, dataset_name: str, output_folder: str) -> list:

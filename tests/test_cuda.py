@@ -41,6 +41,8 @@ FP32_OPTIONS = {
                                   per_image_routing=False),
     "fast-fold-cl-skip": InferenceOptions(per_image_routing=False),
     "fast": InferenceOptions(),
+    "graph-dense": InferenceOptions(plan_name="graph-dense"),
+    "graph-conditional": InferenceOptions(plan_name="graph-conditional"),
 }
 BF16_ARGMAX_AGREEMENT = 0.995
 
@@ -123,6 +125,51 @@ def test_cuda_graph_plan_keeps_every_output_and_matches_reference_fixture(fixtur
         assert _max_rel(single[0], reference_fixture["eval_single"][0]["sem_seg"]) < LOGIT_RTOL
 
 
+@needs_cuda
+def test_captured_dense_graph_replays_with_every_output_and_matches_the_fixture(
+        fixture_model, reference_fixture):
+    """MODEL.FAST.CUDA_GRAPH: one CUDA graph per input shape, replayed; the outputs of one
+    replay survive the next; the routing record equals the faithful one."""
+    images = torch.stack(reference_fixture["images"]).to(DEVICE)
+    normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
+    copy_ = InferenceCopy(fixture_model, InferenceOptions(plan_name="graph-dense",
+                                                          cuda_graph=True))
+    record = reference_fixture["eval_batched"]
+    _, faithful = fixture_model.backbone.forward_with_routing(normalised)
+    kept = []
+    for _ in range(3):
+        logits, _, routing = copy_(normalised)
+        single, _, _ = copy_(normalised[:1])
+        kept.append(logits)
+        for i in range(images.shape[0]):
+            assert _max_rel(logits[i], record["sem_seg"][i]) < LOGIT_RTOL
+        assert _max_rel(single[0], reference_fixture["eval_single"][0]["sem_seg"]) < LOGIT_RTOL
+        assert torch.allclose(routing.real_flops, faithful.real_flops)
+        assert {k: c.dropped for k, c in routing.cells.items()} == {
+            k: c.dropped for k, c in faithful.cells.items()}
+    assert copy_.program.num_graphs == 2  # batch 2 and batch 1
+    assert all(torch.equal(kept[0], k) for k in kept[1:])
+
+
+@needs_cuda
+def test_captured_dense_graph_does_not_synchronise(fixture_model, reference_fixture):
+    images = torch.stack(reference_fixture["images"]).to(DEVICE)
+    normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
+    copy_ = InferenceCopy(fixture_model, InferenceOptions(plan_name="graph-dense",
+                                                          cuda_graph=True))
+    copy_(normalised)  # capture
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            copy_(normalised)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
+    assert not syncs, [str(w.message) for w in syncs]
+
+
 def _trained_tiny():
     """The shipped trained Tiny network (what the main job trains) and generated scenes."""
     from dyn_seg import model_zoo
@@ -149,8 +196,8 @@ def test_bf16_inference_agrees_with_faithful_argmax_on_trained_network():
     images = torch.stack(_scenes()).to(DEVICE)
     normalised = (images - model.pixel_mean) / model.pixel_std
     with torch.no_grad():
-        features, _ = model.backbone.forward_with_routing(normalised)
-        reference, _ = model.sem_seg_head(features)
+        features, record = model.backbone.forward_with_routing(normalised)
+        reference, _ = model.sem_seg_head(features, present=record.feature_present)
     logits, _, _ = InferenceCopy(model, InferenceOptions(bf16=True))(normalised)
     assert logits.dtype == torch.float32
     agreement = float((logits.argmax(1) == reference.argmax(1)).float().mean())
@@ -309,7 +356,7 @@ def test_inference_creates_no_tensor_on_another_device(fixture_model, reference_
     normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
     fast = InferenceCopy(fixture_model, InferenceOptions())  # built outside the audit
     with torch.no_grad(), DeviceAudit():
-        features, _ = fixture_model.backbone.forward_with_routing(normalised)
-        fixture_model.sem_seg_head(features)
+        features, record = fixture_model.backbone.forward_with_routing(normalised)
+        fixture_model.sem_seg_head(features, present=record.feature_present)
         fast(normalised)
     assert not stray, sorted(set(stray))

@@ -1,6 +1,20 @@
 """Two CPU processes (gloo) train through the ``--num-gpus`` code path with NaiveSyncBN:
 their parameters stay identical, they match one process with the same global batch, and
-the evaluators gather routing/FLOPs statistics from both ranks."""
+the evaluators gather routing/FLOPs statistics from both ranks.
+
+The one-process reference computes its batch statistics as the two ranks do. In one
+process detectron2's ``NaiveSyncBatchNorm`` is plain ``BatchNorm2d`` (two-pass variance,
+unbiased running variance), while on two ranks it averages each rank's ``E[x]`` and
+``E[x^2]`` and takes ``E[x^2] - E[x]^2``. That one-pass variance loses about
+``u * E[x^2] / Var[x]`` (u = 2^-24, float32) to cancellation, with rounding that depends
+on the CPU's vector width: comparing it with the two-pass variance failed on AVX-512
+machines (3e-4 in the stem weight after 5 steps).
+:func:`distributed_helpers.two_rank_batch_norm` gives the reference the ranks' arithmetic:
+rank r's images (``r::2`` of the global batch), their means and mean squares, summed and
+halved as the all-reduce does, then detectron2's formula. What still differs is summation
+order in the loss and gradient averaging (per rank then across ranks, against over the whole
+batch), a few u per gradient; see
+:func:`distributed_helpers.assert_same_result_as_one_process` for the tolerance this gives."""
 from __future__ import annotations
 
 import os

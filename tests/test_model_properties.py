@@ -113,7 +113,10 @@ def test_closed_cell_passes_its_input_through_per_image():
         cell.gate.proj.weight.zero_()
         cell.gate.proj.bias.fill_(-8.0)
         out = cell(x)
-    assert out.dropped and torch.equal(out.keep, x) and out.up is None and out.down is None
+    # dropped on the device: keep = X, up and down are nothing (absent and exactly zero)
+    assert bool(out.dropped) and torch.equal(out.keep, x)
+    assert out.presence("up") is not True and not bool(out.presence("up"))
+    assert torch.count_nonzero(out.up) == 0 and torch.count_nonzero(out.down) == 0
     cell.train()  # training never drops the cell, the identity is per image
     out = cell(x)
     assert not out.dropped and torch.equal(out.keep, x)

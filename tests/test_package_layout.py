@@ -48,7 +48,7 @@ LAYERS = {
                        "dyn_seg.modeling", "dyn_seg.tasks"},
     "dyn_seg.model_zoo": {"dyn_seg.checkpoint", "dyn_seg.config"},
     "dyn_seg.visualization": {"dyn_seg.modeling", "dyn_seg.tasks"},
-    "dyn_seg.benchmark": {"dyn_seg", "dyn_seg.engine", "dyn_seg.modeling"},
+    "dyn_seg.benchmark": {"dyn_seg", "dyn_seg.engine", "dyn_seg.modeling", "dyn_seg.utils"},
     "dyn_seg.utils": {"dyn_seg.engine"},
 }
 

@@ -191,7 +191,14 @@ def test_budget_and_flops_same_for_every_meta_arch(arch, datasets, tmp_path):
 @pytest.mark.parametrize("arch", ["panoptic", "instance"])
 def test_predictor_demo_and_route_visualiser(arch, datasets, tmp_path):
     """DefaultPredictor returns detectron2's standard keys plus "flops"; tools/demo.py
-    draws the overlay with the route and GFLOPs; tools/visualize_routing.py reads the route."""
+    draws the overlay with the route and GFLOPs; tools/visualize_routing.py reads the route.
+
+    The weights are random, so no check may rely on them finding objects: Mask R-CNN always
+    returns "instances" (possibly empty); detectron2's Panoptic-DeepLab adds "instances"
+    only when its panoptic segmentation has a thing segment, so that key is checked where
+    present, and once more with a centre threshold no heatmap reaches (no instance at all).
+    The overlay differs from the frame because --show-flops writes on it. Tolerances: FLOPs
+    are only compared by order (real > expected > 0)."""
     import importlib.util
 
     import numpy as np
@@ -205,7 +212,7 @@ def test_predictor_demo_and_route_visualiser(arch, datasets, tmp_path):
     predictor = DefaultPredictor(cfg)
     image = np.random.default_rng(0).integers(0, 255, (64, 128, 3), dtype=np.uint8)
     out = predictor(image)
-    keys = {"panoptic_seg", "sem_seg", "instances"} if arch == "panoptic" else {"instances"}
+    keys = {"panoptic_seg", "sem_seg"} if arch == "panoptic" else {"instances"}
     assert keys <= set(out)
     assert out["flops"]["real"] > out["flops"]["expected"] > 0
     if arch == "panoptic":
@@ -213,7 +220,13 @@ def test_predictor_demo_and_route_visualiser(arch, datasets, tmp_path):
         # Panoptic-DeepLab's format: ids category * label_divisor + instance, no segments list
         assert panoptic.shape == (64, 128) and segments is None
         assert out["sem_seg"].shape == (19, 64, 128)
-    assert out["instances"].image_size == (64, 128)
+        no_centres = DefaultPredictor(_cfg(config, task, datasets, tmp_path,
+                                           "MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD", "1e9"))
+        none_found = no_centres(image)
+        assert {"panoptic_seg", "sem_seg", "flops"} <= set(none_found)
+        assert "instances" not in none_found
+    if "instances" in out:
+        assert out["instances"].image_size == (64, 128)
 
     weights = tmp_path / "model.pth"
     DynSegCheckpointer(predictor.model, str(tmp_path)).save("model")

@@ -97,13 +97,15 @@ def test_eval_logits_match_reference_batched_and_per_image(eval_outputs, referen
         assert _max_rel(single[i]["sem_seg"], ref_s) < LOGIT_RTOL
 
 
-def test_default_fast_inference_path_matches_reference_too(converted, reference_fixture):
+@pytest.mark.parametrize("plan", ["fast", "graph-dense", "graph-conditional"])
+def test_default_fast_inference_path_matches_reference_too(converted, reference_fixture, plan):
     """MODEL.FAST.ENABLED (the default) folds norms and skips closed paths: same logits
-    within 1e-4 relative, same FLOPs, batched and per image."""
-    from dyn_seg.modeling.transforms import FastInference
+    within 1e-4 relative, same FLOPs, batched and per image; for every plan
+    (MODEL.FAST.PLAN)."""
+    from dyn_seg.modeling.transforms import FastInference, InferenceOptions
 
     model = copy.deepcopy(converted[0]).eval()
-    model.fast_inference = FastInference()
+    model.fast_inference = FastInference(InferenceOptions(plan_name=plan))
     inputs = [{"image": im, "height": im.shape[1], "width": im.shape[2]}
               for im in reference_fixture["images"]]
     with torch.no_grad():

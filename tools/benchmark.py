@@ -50,7 +50,12 @@ from dyn_seg.benchmark import (
     prepare_weights,
 )
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
+from dyn_seg.utils.cli import (
+    add_size_argument,
+    add_weights_and_opts,
+    int_at_least,
+    parse_tool_args,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -58,28 +63,29 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default="", help="dyn_seg config (default: the defaults)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
+    p.add_argument("--threads", type=int_at_least(0, "0: keep"), default=0,
+                   help="torch CPU threads (0: keep)")
     p.add_argument("--no-tf32", action="store_true",
                    help="CUDA: float32 convolutions and matmuls without TF32 (PyTorch's "
                         "default rounds convolutions to TF32; argmax checks want it off)")
     p.add_argument("--task", choices=["inference", "train", "all"], default="inference")
     add_size_argument(p, default=(1024, 2048), help="inference input size (padded to MAX_STRIDE)")
-    p.add_argument("--batch", type=int, default=1, help="inference batch size")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="inference batch size")
     p.add_argument("--modes", nargs="+", default=["faithful", "fast-base", "fast-fold",
                                                   "fast-fold-cl", "fast-fold-cl-skip", "fast"],
                    choices=list(INFERENCE_MODES), help="inference modes")
     add_size_argument(p, "--train-size", default=(768, 768), help="training input size")
-    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-batch", type=int_at_least(1), default=8)
     p.add_argument("--train-modes", nargs="+", default=["faithful", "channels_last", "bf16",
                                                         "channels_last-bf16"],
                    choices=list(TRAINING_MODES))
     p.add_argument("--gates", default="natural",
                    help="natural | open | paths:F | cells:F (fraction F forced closed)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, gates and inputs")
-    p.add_argument("--calibrate", type=int, default=-1,
+    p.add_argument("--calibrate", type=int_at_least(-1, "-1: the default"), default=-1,
                    help="random batches to calibrate norms on (-1: 2 without --weights)")
-    p.add_argument("--warmup", type=int, default=2, help="interleaved warm-up rounds")
-    p.add_argument("--iters", type=int, default=10, help="interleaved measured rounds")
+    p.add_argument("--warmup", type=int_at_least(0), default=2, help="interleaved warm-up rounds")
+    p.add_argument("--iters", type=int_at_least(1), default=10, help="interleaved measured rounds")
     add_weights_and_opts(p, "checkpoint to load (default: random init)")
     args = parse_tool_args(p, argv)
     parse_gates(args.gates)  # fail early with the allowed forms

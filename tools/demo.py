@@ -12,11 +12,14 @@ so images of the same name in different folders never overwrite each other. With
 ``--show-flops`` the image's real GFLOPs are printed on it (top left), with ``--show-route``
 the image's route through the routing space is drawn in the bottom right corner (below the
 image when the image is too small for a legible route). ``--output-format trainIds`` writes
-the predicted class ids as 8-bit PNGs (``NAME_trainIds.png``); ``labelIds`` writes
+the predicted class ids (semantic and panoptic models) as 8-bit PNGs
+(``NAME_trainIds.png``); ``labelIds`` writes
 Cityscapes label ids (``CITY_SEQ_FRAME_labelIds.png``), the files the Cityscapes
 evaluation script and test server expect (README: "Submitting to the Cityscapes test
 server"). A file that cannot be read or segmented is reported (file and reason) and the
-others are processed; the exit status is then 1.
+others are processed; the exit status is then 1. Panoptic and instance models are drawn
+with their segments; classifiers are refused (nothing to segment), as are label-map formats
+for instance models.
 """
 import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
@@ -42,6 +45,7 @@ from dyn_seg.modeling.routed import routed_model
 from dyn_seg.utils.cli import (
     add_weights_and_opts,
     find_images,
+    float_in,
     output_paths,
     parse_tool_args,
 )
@@ -71,10 +75,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="print each image's real GFLOPs on its overlay")
     parser.add_argument("--show-route", action="store_true",
                         help="draw each image's route small in the bottom right corner")
-    parser.add_argument("--route-size", type=float, default=0.35, metavar="FRACTION",
+    parser.add_argument("--route-size", type=float_in(0, 1, low_open=True), default=0.35,
+                        metavar="FRACTION",
                         help="width of the route drawing as a share of the image width "
                         "(0..1, default 0.35; at least a legible minimum width)")
-    parser.add_argument("--alpha", type=float, default=0.6,
+    parser.add_argument("--alpha", type=float_in(0, 1), default=0.6,
                         help="opacity of the segmentation colours (0..1)")
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
                         help="allow the weights to be a pickled .pkl/.pyth file (only for "
@@ -85,8 +90,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_weights_and_opts(parser, "trained model (.pth); the same as the override "
                          "MODEL.WEIGHTS FILE")
     args = parse_tool_args(parser, argv)
-    if not 0.0 < args.route_size <= 1.0:
-        parser.error(f"--route-size must be in (0, 1], got {args.route_size}")
     if args.output_format != "overlay" and (args.show_flops or args.show_route):
         parser.error("--show-flops and --show-route draw on overlays; leave them out with "
                      f"--output-format {args.output_format}")
@@ -98,6 +101,27 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = get_dyn_seg_cfg(args.config_file, opts)
     cfg.freeze()
     return cfg
+
+
+def check_task(cfg: CfgNode, output_format: str) -> None:
+    """Refuse, with what to do instead, the models and formats this demo cannot write:
+    classifiers (no segmentation to draw) and label maps of instance models (no class map)."""
+    from dyn_seg.tasks import task_for
+
+    arch = cfg.MODEL.META_ARCHITECTURE
+    task = task_for(cfg)
+    if task.overlay is None:
+        raise ValueError(
+            f"tools/demo.py draws segmentations, but MODEL.META_ARCHITECTURE={arch} is an "
+            "image classifier: evaluate it with train_net.py --eval-only (top-1 / top-5) or "
+            "draw its routes with tools/visualize_routing.py."
+        )
+    if output_format != "overlay" and task.overlay == "instances":
+        raise ValueError(
+            f"--output-format {output_format} writes a class id per pixel, but "
+            f"MODEL.META_ARCHITECTURE={arch} predicts instances only (no class map): use "
+            "--output-format overlay, or a panoptic or semantic model for label maps."
+        )
 
 
 def collect_inputs(patterns: Sequence[str]) -> List[str]:
@@ -225,6 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns 0 when every image was written, 1 when some failed."""
     args = parse_args(argv)
     cfg = setup_cfg(args)
+    check_task(cfg, args.output_format)
     found = find_images(args.input)
     if args.output_format == "overlay":
         suffix, rename, to_ids = ".png", None, None

@@ -28,6 +28,8 @@ from typing import List, Optional, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from dyn_seg.utils.cli import int_at_least  # noqa: E402
+
 TASKS = {
     "panoptic": ("configs/Synthetic/PanopticDeepLab-Tiny.yaml", "panoptic", ("panoptic_seg", "PQ")),
     "instance": ("configs/Synthetic/MaskRCNN-Tiny.yaml", "instance_seg", ("segm", "AP")),
@@ -68,10 +70,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config-file", default="", help="default: the task's Synthetic config")
     parser.add_argument("--budget-config", default="",
                         help="also train this budget config and compare real GFLOPs")
-    parser.add_argument("--iters", type=int, default=0,
+    parser.add_argument("--iters", type=int_at_least(0, "0: the task's default"), default=0,
                         help=f"training iterations (default: {ITERS} by task)")
-    parser.add_argument("--num-train", type=int, default=24)
-    parser.add_argument("--num-val", type=int, default=8)
+    parser.add_argument("--num-train", type=int_at_least(1), default=24)
+    parser.add_argument("--num-val", type=int_at_least(1), default=8)
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)

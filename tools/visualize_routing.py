@@ -46,6 +46,7 @@ from dyn_seg.utils.cli import (
     IMAGE_EXTENSIONS,
     add_weights_and_opts,
     find_images,
+    int_at_least,
     parse_tool_args,
 )
 from dyn_seg.utils.cli import build_predictor as _build_predictor
@@ -74,7 +75,7 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", metavar="FOLDER_OR_GLOB",
                         help="a folder (searched recursively for images) or a glob pattern "
                              "(quote it), e.g. 'frames/*.png'")
-    parser.add_argument("--max-images", type=int, default=0, metavar="N",
+    parser.add_argument("--max-images", type=int_at_least(0, "0: all"), default=0, metavar="N",
                         help="use at most N images (0: all)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for routing.png, routing.json (and images/)")
@@ -138,15 +139,19 @@ def build_predictor(cfg: CfgNode, weights: str, seed: int,
 def run_images(predictor: DefaultPredictor, paths: Sequence[str], failures: List[str]
                ) -> Iterator[Tuple[str, np.ndarray, dict]]:
     """Yield ``(path, BGR image, inference output)`` per image, with a progress bar; an image
-    that cannot be read is logged, appended to ``failures`` and skipped."""
+    that cannot be read or that the model refuses (e.g. a size it cannot process) is
+    logged, appended to ``failures`` and skipped, so the other images' statistics are
+    still written."""
     for path in tqdm.tqdm(paths, desc="routing", unit="img", file=sys.stderr):
         try:
             image = read_image_file(path, "BGR")
-        except DatasetFileError as e:
-            logger.error("skipped %s: %s", path, e)
-            failures.append(f"{path}: {e}")
+            output = predictor(image)
+        except (DatasetFileError, ValueError, RuntimeError) as e:
+            reason = e if isinstance(e, DatasetFileError) else f"{type(e).__name__}: {e}"
+            logger.error("skipped %s: %s", path, reason)
+            failures.append(f"{path}: {reason}")
             continue
-        yield path, image, predictor(image)
+        yield path, image, output
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from dyn_seg.utils.cli import int_at_least
+
 #: The source checkout holding ``train_net.py`` (each point runs it in its own process).
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,7 +130,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="sweep folder (one subfolder per point)")
     parser.add_argument("--seed", type=int, default=0, help="SEED of every run (default 0)")
     parser.add_argument(
-        "--jobs", type=int, default=1,
+        "--jobs", type=int_at_least(1), default=1,
         help="runs at the same time (default 1); give each its own core: jobs x threads "
         "should not exceed the free cores",
     )

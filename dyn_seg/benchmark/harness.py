@@ -217,7 +217,7 @@ def _faithful_inference(model: nn.Module, images: torch.Tensor) -> Callable[[], 
     def run():
         with torch.no_grad():
             features, routing = model.backbone.forward_with_routing(images)
-            logits, _ = model.sem_seg_head(features)
+            logits, _ = model.sem_seg_head(features, present=routing.feature_present)
         return logits, features, routing
 
     return run

@@ -29,9 +29,10 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.data.detection_utils import read_image
 from detectron2.utils import comm
 from torchvision import transforms as T
+
+from .reader import read_image_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -120,6 +121,8 @@ def register_all_imagenet(root: Optional[str] = None) -> List[str]:
 class ClassificationDatasetMapper:
     """Dataset dict -> ``{"image": (3, S, S) float BGR tensor, "label", "file_name", ...}``.
 
+    Images are read by :func:`dyn_seg.data.reader.read_image_file`, as for segmentation.
+
     Training: random resized crop (scale ``min_scale``..1 of the area, aspect 3/4..4/3) to
     ``crop_size`` and a horizontal flip (p 0.5), torchvision's standard ImageNet
     augmentation. Testing: short edge resized to ``test_resize``, centre crop ``crop_size``.
@@ -153,7 +156,9 @@ class ClassificationDatasetMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = read_image(d["file_name"], format=self.image_format)
+        # the reader of every dyn_seg loader: a corrupt or non-image file and a 16-bit
+        # single-channel image are a DatasetFileError naming the file and the fix
+        image = read_image_file(d["file_name"], self.image_format)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         tensor = self.transform(tensor)
         d["image"] = tensor.float()

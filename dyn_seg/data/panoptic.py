@@ -83,8 +83,8 @@ def register_cityscapes_tasks(root: str, prefix: str) -> dict:
     ``{prefix}_instance_seg_{split}``. Returns ``{task_split: name}``.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets.cityscapes import load_cityscapes_instances
-    from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
+
+    from .task_loaders import load_cityscapes_instances_checked, load_cityscapes_panoptic_checked
 
     cs = os.path.join(os.path.abspath(root), "cityscapes")
     names = {}
@@ -100,7 +100,7 @@ def register_cityscapes_tasks(root: str, prefix: str) -> dict:
         name = f"{prefix}_panoptic_{split}"
         DatasetCatalog.register(
             name, lambda x=image_dir, y=pan_dir, z=gt_json, m=dict(pan_meta):
-            load_cityscapes_panoptic(x, y, z, m)
+            load_cityscapes_panoptic_checked(x, y, z, m)
         )
         MetadataCatalog.get(name).set(**pan_meta)
         names[f"panoptic_{split}"] = name
@@ -110,7 +110,7 @@ def register_cityscapes_tasks(root: str, prefix: str) -> dict:
         inst_meta.update(image_dir=image_dir, gt_dir=gt_dir)
         name = f"{prefix}_instance_seg_{split}"
         DatasetCatalog.register(
-            name, lambda x=image_dir, y=gt_dir: load_cityscapes_instances(
+            name, lambda x=image_dir, y=gt_dir: load_cityscapes_instances_checked(
                 x, y, from_json=True, to_polygons=True
             )
         )

@@ -13,7 +13,9 @@ accepts. Rules (also tabulated in ``docs/BAD_INPUT.md``):
   images (``F``) are refused: their value range is not known, so any scaling to 8 bits
   would be a guess (converting them the way detectron2 does clips them to white);
 * label maps: one channel of class ids, 8 or 16 bit; palette and multi-channel label files
-  are refused (their colours' luminance is not a class id).
+  are refused (their colours' luminance is not a class id);
+* panoptic label PNGs (COCO panoptic format, segment id ``R + 256 G + 256^2 B``): 8-bit
+  RGB only (a palette, grayscale or 16-bit file does not hold these ids).
 
 :func:`check_image_array` applies the same rule to arrays handed to a predictor.
 """
@@ -35,8 +37,10 @@ __all__ = [
     "label_to_array",
     "label_values_outside",
     "open_image_file",
+    "panoptic_to_array",
     "read_image_file",
     "read_label_file",
+    "read_panoptic_file",
 ]
 
 #: Pillow modes of single-channel images with more than 8 bits or float pixels.
@@ -160,6 +164,27 @@ def read_label_file(file_name: str, num_classes: int, ignore_label: int) -> np.n
         )
     dtype = np.uint8 if max(num_classes - 1, ignore_label) <= 255 else np.float32
     return values.astype(dtype, copy=False)
+
+
+def panoptic_to_array(label: Image.Image, file_name: str = "") -> np.ndarray:
+    """An opened panoptic label PNG as an (H, W, 3) uint8 RGB array (segment id
+    ``R + 256 G + 256^2 B``); refuses files that are not 8-bit RGB (:class:`DatasetFileError`)."""
+    if label.mode != "RGB":
+        raise DatasetFileError(
+            f"panoptic label file {file_name} has mode {label.mode}; a panoptic label PNG holds "
+            "each pixel's segment id as 8-bit RGB (R + 256 G + 256^2 B, the COCO panoptic "
+            "format): recreate it with datasets/prepare_cityscapes.py (cityscapesscripts' "
+            f"createPanopticImgs) or your converter. {_CHECK_TOOL}.",
+            file_name,
+        )
+    return np.asarray(label)
+
+
+def read_panoptic_file(file_name: str) -> np.ndarray:
+    """Read a panoptic label PNG as an (H, W, 3) uint8 RGB array; raises
+    :class:`DatasetFileError` naming the file when it is missing, cannot be decoded or is
+    not 8-bit RGB."""
+    return panoptic_to_array(open_image_file(file_name, "Panoptic label"), file_name)
 
 
 def check_image_array(image: np.ndarray, name: str = "image") -> np.ndarray:

@@ -213,11 +213,7 @@ class Trainer(DefaultTrainer):
         """detectron2's ``build_model`` with the training switches ``MODEL.FAST.TRAIN_*``
         (channels_last weights, compiled static modules) applied."""
         model = super().build_model(cfg)
-        f = cfg.MODEL.FAST
-        prepare_for_training(model, TrainingOptions(
-            channels_last=f.TRAIN_CHANNELS_LAST, compile=f.TRAIN_COMPILE,
-            compile_mode=f.COMPILE_MODE,
-        ))
+        prepare_for_training(model, TrainingOptions.from_config(cfg))
         return model
 
     @classmethod

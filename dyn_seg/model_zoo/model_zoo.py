@@ -23,7 +23,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from ..checkpoint import DynSegCheckpointer
-from ..config import get_dyn_seg_cfg
+from ..config import config_root, get_dyn_seg_cfg
 
 __all__ = ["MODEL_ZOO_WEIGHTS", "get", "get_checkpoint_url", "get_config", "get_config_file",
            "list_configs", "verify_sha256"]
@@ -42,26 +42,15 @@ MODEL_ZOO_WEIGHTS: Dict[str, Dict[str, str]] = {
 _WEIGHTS_DIR = Path(__file__).resolve().parent
 
 
-def _config_root() -> Path:
-    for root in (Path(__file__).resolve().parents[2] / "configs",
-                 Path(__file__).resolve().parent / "configs"):
-        if root.is_dir():
-            return root
-    raise FileNotFoundError(
-        "dyn_seg's configs/ folder was not found next to the package; install dyn_seg from "
-        "a source checkout (pip install -e .)."
-    )
-
-
 def list_configs() -> List[str]:
     """Config paths relative to ``configs/`` (e.g. ``Cityscapes/Dynamic-L16-B.yaml``)."""
-    root = _config_root()
+    root = config_root()
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.yaml"))
 
 
 def get_config_file(config_path: str) -> str:
     """Absolute path of ``configs/<config_path>``; clear error listing what exists."""
-    path = _config_root() / config_path
+    path = config_root() / config_path
     if not path.is_file():
         raise FileNotFoundError(
             f"{config_path!r} is not a dyn_seg config; available: {list_configs()}"

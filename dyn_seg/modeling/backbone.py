@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -11,7 +11,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from .cell import RoutingCell
+from .cell import Presence, RoutingCell
 from .flops import (
     CellFlops,
     CellRouting,
@@ -59,16 +59,40 @@ def stem_layer_specs(init_channel: int, stem_width: int = 64, separable: bool = 
 class RoutingRecord:
     """What the routing did for a batch.
 
-    ``cells``: per cell ``(layer, scale)`` (layer -1 = init cell) its gate activations and
-    whether it was dropped. ``expected_flops`` / ``real_flops``: (N,) MFLOPs of the routed
-    cells per image (expected is differentiable through the gates); ``stem_flops``: MFLOPs
-    of the stem (counted in real FLOPs only).
+    ``routing``: per cell ``(layer, scale)`` (layer -1 = init cell) its gate activations and
+    flags as the plan left them (device tensors for plans that decide on the device);
+    :attr:`cells` is the host-side view. ``expected_flops`` / ``real_flops``: (N,) MFLOPs of
+    the routed cells per image (expected is differentiable through the gates), computed on
+    the device; ``stem_flops``: MFLOPs of the stem (counted in real FLOPs only).
+    ``feature_present``: per output feature whether its cell received anything (a feature
+    that did not is zeros).
     """
 
-    cells: Dict[Tuple[int, int], CellRouting]
+    routing: Dict[Tuple[int, int], CellRouting]
     expected_flops: torch.Tensor
     real_flops: torch.Tensor
     stem_flops: float
+    feature_present: Dict[str, Presence] = field(default_factory=dict)
+    _cells: Optional[Dict[Tuple[int, int], CellRouting]] = field(default=None, repr=False)
+
+    @property
+    def cells(self) -> Dict[Tuple[int, int], CellRouting]:
+        """Per cell: activations (None where the cell received nothing) and whether it was
+        dropped, as host-side bools: read back once, after the forward pass."""
+        if self._cells is None:
+            flags = [f for c in self.routing.values() if c.on_device
+                     for f in (c.dropped, c.present) if isinstance(f, torch.Tensor)]
+            values = iter(torch.stack(flags).tolist()) if flags else iter(())
+            cells = {}
+            for key, c in self.routing.items():
+                if not c.on_device:
+                    cells[key] = c
+                    continue
+                dropped = c.dropped if isinstance(c.dropped, bool) else next(values)
+                present = c.present if isinstance(c.present, bool) else next(values)
+                cells[key] = c.host(dropped, present)
+            self._cells = cells
+        return self._cells
 
     @property
     def backbone_flops(self) -> torch.Tensor:
@@ -166,6 +190,9 @@ class DynamicNetwork(Backbone):
         self.flops_size = tuple(flops_size) if flops_size else None
         self._max_stride = max_stride
         self.step_rate = 0.0  # training progress in [0, 1], set by the meta-architecture
+        # recompute each cell's activations in the backward pass (MODEL.FAST.TRAIN_CHECKPOINT)
+        self.checkpoint_cells = False
+        self._compiled_routing = None  # compile_routing()
 
         self.stem_specs = stem_layer_specs(init_channel, stem_width, sept_stem)
         self.stem = nn.Sequential()  # children stem_1, stem_2, stem_3 (reference key names)
@@ -298,11 +325,34 @@ class DynamicNetwork(Backbone):
                 f"DynamicNetwork expects a (N, 3, H, W) tensor of images, got shape "
                 f"{tuple(x.shape)}; convert grayscale or RGBA images to 3 channels first."
             )
-        features, routing = (plan or _FAITHFUL).run(self, x)
+        if plan is None and self._compiled_routing is not None:
+            return self._compiled_routing(x)
+        return self._routed(x, plan or _FAITHFUL)
+
+    def compile_routing(self, backend: str, mode: str = "default") -> None:
+        """Run the faithful plan (training and eval) as one compiled graph
+        (``torch.compile(fullgraph=True)``: no routing decision leaves the device, so the
+        whole network is one graph; a graph break is an error). State-dict keys unchanged."""
+        kwargs = {"backend": backend, "fullgraph": True}
+        if backend == "inductor":
+            kwargs["mode"] = mode
+        self._compiled_routing = torch.compile(self._faithful_routed, **kwargs)
+
+    def __getstate__(self):
+        # copies and pickles do not take the compiled function (it is bound to this module)
+        state = dict(self.__dict__)
+        state["_compiled_routing"] = None
+        return state
+
+    def _faithful_routed(self, x: torch.Tensor):
+        return self._routed(x, _FAITHFUL)
+
+    def _routed(self, x: torch.Tensor, plan):
+        features, routing, present = plan.run(self, x)
         size = self.counting_size(x)
         _, stem = self.flops_table(size)
         expected, real = routing_flops(self.routing_costs(size), routing, x.shape[0], x)
-        return features, RoutingRecord(routing, expected, real, stem)
+        return features, RoutingRecord(routing, expected, real, stem, present)
 
     def counting_size(self, x) -> Tuple[int, int]:
         """(H, W) at which FLOPs are counted: ``flops_size`` (``INPUT.FIX_SIZE_FOR_FLOPS``),

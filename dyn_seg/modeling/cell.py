@@ -9,7 +9,7 @@ transition outputs (:func:`transition_shape`, :func:`transition_specs`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +25,58 @@ from .routing_space import DOWN, KEEP, UP, CellSpec
 GATE_EPS = 1e-4
 
 
+# Whether something exists: known on the host (a Python bool) or decided on the device (a
+# 0-dim bool tensor), so that no routing decision needs a host read inside a forward pass.
+Presence = Union[bool, torch.Tensor]
+
+
 def image_shut(alpha_sum):
     """True for an image whose activations sum (tensor or float) below ``GATE_EPS``: the
     cell is an identity for it (keep = X, up / down = 0)."""
     return alpha_sum < GATE_EPS
 
 
-def batch_drops(alpha_total: float) -> bool:
-    """True when the activations of the whole batch sum below ``GATE_EPS``: at inference
-    the cell is skipped (keep = X, up / down are nothing)."""
+def batch_drops(alpha_total):
+    """True when the activations of the whole batch (a float or a 0-dim tensor) sum below
+    ``GATE_EPS``: at inference the cell is skipped (keep = X, up / down are nothing)."""
     return alpha_total < GATE_EPS
+
+
+def any_present(flags: Sequence[Presence]) -> Presence:
+    """Whether any of ``flags`` holds (Python bools stay on the host)."""
+    if any(f is True for f in flags):
+        return True
+    tensors = [f for f in flags if f is not False]
+    if not tensors:
+        return False
+    out = tensors[0]
+    for f in tensors[1:]:
+        out = out | f
+    return out
+
+
+def both(a: Presence, b: Presence) -> Presence:
+    """``a and b`` for Python bools or 0-dim bool tensors."""
+    if a is False or b is False:
+        return False
+    if a is True:
+        return b
+    if b is True:
+        return a
+    return a & b
+
+
+def negate(a: Presence) -> Presence:
+    return (not a) if isinstance(a, bool) else ~a
+
+
+def where_present(flag: Presence, value: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``value`` where ``flag`` holds, else ``other`` (no operator for a host-side flag)."""
+    if flag is True:
+        return value
+    if flag is False:
+        return other
+    return torch.where(flag, value, other)
 
 
 def transition_specs(path: str, channels: int) -> List[ConvSpec]:
@@ -60,20 +102,34 @@ def transition_shape(path: str, shape: Sequence[int]) -> Tuple[int, int, int, in
 
 @dataclass
 class CellOutputs:
-    """A cell's outputs; ``None`` means "nothing" (adds nothing to the next layer).
+    """A cell's outputs. A value of an output that is *nothing* (adds nothing to the next
+    layer) is exactly zero, and its presence (:meth:`presence`) is False; ``None`` marks an
+    output known on the host to be nothing.
 
-    ``alpha`` is (N, num_paths) or None when the cell had no input; ``dropped`` is True
-    when the cell was skipped at inference.
+    ``alpha`` is (N, num_paths) (None when the cell had no input); ``dropped``: the cell was
+    skipped at inference; ``present``: the cell received something. Both are Python bools
+    or 0-dim bool tensors (decided on the device).
     """
 
     keep: Optional[torch.Tensor]
     up: Optional[torch.Tensor]
     down: Optional[torch.Tensor]
     alpha: Optional[torch.Tensor]
-    dropped: bool
+    dropped: Presence
+    present: Presence = True
 
     def get(self, path: str) -> Optional[torch.Tensor]:
         return {KEEP: self.keep, UP: self.up, DOWN: self.down}[path]
+
+    def presence(self, path: str) -> Presence:
+        """Whether output ``path`` is something: keep whenever the cell received input, up
+        and down only when the cell was not dropped."""
+        if self.get(path) is None:
+            return False
+        return self.present if path == KEEP else negate(self.dropped)
+
+
+NOTHING = CellOutputs(None, None, None, None, dropped=True, present=False)
 
 
 class RoutingCell(nn.Module):
@@ -110,23 +166,47 @@ class RoutingCell(nn.Module):
         self.layer_rate = layer_rate
 
     def forward(
-        self, x: Optional[torch.Tensor], drop_prob: float = 0.0, step_rate: float = 0.0
+        self, x: Optional[torch.Tensor], drop_prob: float = 0.0, step_rate: float = 0.0,
+        present: Presence = True,
     ) -> CellOutputs:
-        """``x``: the summed inputs (N, C, H, W), or None when every input was nothing."""
-        if x is None:
-            return CellOutputs(None, None, None, None, dropped=True)
+        """``x``: the summed inputs (N, C, H, W), or None when every input was nothing;
+        ``present``: whether any input was something (a device flag at inference, where an
+        absent input is exactly zero). Every decision stays on the device."""
+        if x is None or present is False:
+            return NOTHING
         alpha = self.activations(x)
-        # whole-batch skipping at inference (one host sync, as the reference)
-        if self.gate is not None and not self.training and batch_drops(float(alpha.detach().sum())):
-            return CellOutputs(x, None, None, alpha, dropped=True)
-
+        dropped = self.drops(alpha, present)
         act = self.body(x, drop_prob, step_rate)
+        keep = self.keep_output(x, alpha, act, dropped)
+        up = self.path_output(UP, alpha, act, dropped) if self.up is not None else None
+        down = self.path_output(DOWN, alpha, act, dropped) if self.down is not None else None
+        return CellOutputs(keep, up, down, alpha, dropped, present)
+
+    def drops(self, alpha: torch.Tensor, present: Presence) -> Presence:
+        """Whether the cell is skipped: at inference when the batch's activations sum below
+        ``GATE_EPS`` or the cell received nothing (a device flag); never in training."""
+        if self.training:
+            return False
+        if self.gate is None:
+            return negate(present)
+        return any_present([negate(present), batch_drops(alpha.detach().sum())])
+
+    def keep_output(self, x: torch.Tensor, alpha: torch.Tensor, act: torch.Tensor,
+                    dropped: Presence) -> torch.Tensor:
+        """keep = [image shut] * X + alpha_keep * ReLU(H); X itself where the cell drops."""
         shut = image_shut(alpha.sum(dim=1)).to(x.dtype).view(-1, 1, 1, 1)
-        keep = shut * x + self.scale(alpha, KEEP) * act
-        up = self.scale(alpha, UP) * self.transition(UP, act) if self.up is not None else None
-        down = (self.scale(alpha, DOWN) * self.transition(DOWN, act)
-                if self.down is not None else None)
-        return CellOutputs(keep, up, down, alpha, dropped=False)
+        keep = shut * x + self.scale(alpha, KEEP, act.dtype) * act
+        return where_present(dropped, x, keep)
+
+    def path_output(self, path: str, alpha: torch.Tensor, act: torch.Tensor,
+                    dropped: Presence) -> torch.Tensor:
+        """alpha_path * transition(ReLU(H)); exactly zero where the cell drops."""
+        out = self.scale(alpha, path, act.dtype) * self.transition(path, act)
+        if dropped is False:
+            return out
+        if dropped is True:
+            return torch.zeros_like(out)
+        return torch.where(dropped, 0.0, out)
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """Gate activations (N, num_paths) in float32; ones without a gate (Network-Fix)."""
@@ -134,9 +214,12 @@ class RoutingCell(nn.Module):
             return torch.ones(x.shape[0], self.spec.num_paths, device=x.device)
         return self.gate(x)
 
-    def scale(self, alpha: torch.Tensor, path: str) -> torch.Tensor:
-        """The activations of ``path`` as an (N, 1, 1, 1) factor."""
-        return alpha[:, self.spec.paths.index(path)].view(-1, 1, 1, 1)
+    def scale(self, alpha: torch.Tensor, path: str, dtype: Optional[torch.dtype] = None
+              ) -> torch.Tensor:
+        """The activations of ``path`` as an (N, 1, 1, 1) factor, in ``dtype`` (the
+        activations' dtype: under autocast float32 gates would promote every product)."""
+        a = alpha[:, self.spec.paths.index(path)].view(-1, 1, 1, 1)
+        return a if dtype is None else a.to(dtype)
 
     def body(self, x: torch.Tensor, drop_prob: float = 0.0, step_rate: float = 0.0
              ) -> torch.Tensor:

@@ -148,19 +148,25 @@ class DynamicContextSemSegHead(DynamicSemSegHead):
                    aspp_dilations=list(c.ASPP_DILATIONS), aspp_dropout=c.ASPP_DROPOUT)
         return ret
 
-    def with_context(self, features: Dict[str, Optional[torch.Tensor]]
-                     ) -> Dict[str, Optional[torch.Tensor]]:
-        """``features`` with the coarsest one replaced by its context module's output."""
+    def with_context(self, features: Dict[str, Optional[torch.Tensor]],
+                     present: Optional[Dict] = None) -> Dict[str, Optional[torch.Tensor]]:
+        """``features`` with the coarsest one replaced by its context module's output (not
+        where the coarsest feature is missing: None or its ``present`` flag False)."""
         coarsest = self.in_features[-1]
         x = features.get(coarsest)
-        if x is None:
+        flag = True if present is None else present.get(coarsest, True)
+        if x is None or flag is False:
             return features
-        return {**features, coarsest: self.context(x)}
+        out = self.context(x)
+        if flag is not True:  # a device flag: zero where the feature is missing
+            out = torch.where(flag, out, 0.0)
+        return {**features, coarsest: out}
 
-    def stride4_logits(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+    def stride4_logits(self, features: Dict[str, Optional[torch.Tensor]],
+                       present: Optional[Dict] = None) -> torch.Tensor:
         """Logits at stride 4: the plain decoder over the features with context."""
-        return decode(self.with_context(features), self.in_features, self.decoders,
-                      self.predictor)
+        return decode(self.with_context(features, present), self.in_features, self.decoders,
+                      self.predictor, present)
 
     def context_flops(self, size: Tuple[int, int]) -> float:
         """MFLOPs of the context module at counting size ``size`` (when it runs)."""

@@ -18,7 +18,7 @@ FLOPs of a forward pass combine the static table with the gates' activations
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -114,11 +114,23 @@ class CellRouting:
 
     ``alpha``: (N, num_paths) gate activations in [0, 1) (ones without gates), or None when
     the cell had no input and computed nothing. ``dropped``: the cell was skipped (eval:
-    all inputs nothing, or every activation of the batch closed).
+    all inputs nothing, or every activation of the batch closed). ``present``: the cell
+    received input. ``dropped`` and ``present`` are Python bools, or 0-dim bool tensors
+    where the plan decided on the device (then ``alpha`` is a tensor whatever ``present``
+    says, and counts only where it holds); :meth:`host` gives the host-side view.
     """
 
     alpha: Optional[torch.Tensor]
-    dropped: bool
+    dropped: Union[bool, torch.Tensor]
+    present: Union[bool, torch.Tensor] = True
+
+    @property
+    def on_device(self) -> bool:
+        return isinstance(self.dropped, torch.Tensor) or isinstance(self.present, torch.Tensor)
+
+    def host(self, dropped: bool, present: bool) -> CellRouting:
+        """The host-side view for read-back flags: alpha None where the cell got nothing."""
+        return CellRouting(self.alpha if present else None, bool(dropped), True)
 
 
 @dataclass(frozen=True)
@@ -208,16 +220,24 @@ def routing_flops(
     times its operations' cost where it ran.
     """
     device = reference.device
-    alphas, counted = [], []
+    alphas, counted, live = [], [], []
     for key, width in zip(costs.keys, costs.widths):
         cell = routing[key]
         if cell.alpha is None:
             alphas.append(torch.zeros(batch_size, width, device=device))
             counted.append(False)
+        elif cell.on_device:  # flags decided on the device: masks instead of host bools
+            present = cell.present
+            a = cell.alpha.float()
+            alphas.append(a if present is True else torch.where(present, a, 0.0))
+            counted.append(True)
+            live.append((len(counted) - 1, cell))
         else:
             alphas.append(cell.alpha.float())
             counted.append(not cell.dropped)
     edge_costs, positions, ops = costs.tensors(device, tuple(counted))
+    if live:
+        ops = ops * _ops_mask(costs, live, device)
     a = torch.cat(alphas, dim=1)  # (N, T)
     expected = a @ edge_costs
     real = (a > GATE_EPS).float() @ edge_costs + costs.gates
@@ -228,6 +248,22 @@ def routing_flops(
     expected = expected + per_cell.max(dim=2).values @ ops  # one maximum gets the gradient
     real = real + (per_cell.sum(dim=2) > GATE_EPS).float() @ ops
     return expected, real
+
+
+def _ops_mask(costs: RoutingCosts, live, device: torch.device) -> torch.Tensor:
+    """(K,) 1.0 where a cell's operations count (not dropped), for the cells whose flags are
+    device tensors (``live``: (position, CellRouting)); 1.0 elsewhere. No host-to-device
+    copy once the positions are cached (a CUDA graph can capture it)."""
+    flags = []
+    for _, cell in live:
+        d = cell.dropped
+        flags.append(d if isinstance(d, torch.Tensor)
+                     else torch.full((), d, dtype=torch.bool, device=device))
+    key = ("live", str(device), tuple(k for k, _ in live))
+    if key not in costs._device_cache:
+        costs._device_cache[key] = torch.tensor(key[2], dtype=torch.long, device=device)
+    mask = torch.ones(len(costs.keys), device=device)
+    return mask.index_copy(0, costs._device_cache[key], (~torch.stack(flags)).float())
 
 
 def stem_flops(stem_specs: Sequence[Sequence[ConvSpec]], size: Tuple[int, int], norm: str) -> float:

@@ -36,6 +36,9 @@ class SoftGate(nn.Module):
         self.reduce = build_conv(gate_specs(channels), norm)
         self.proj = nn.Conv2d(channels // 2, num_paths, kernel_size=1, bias=True)
         self.init_bias = init_bias
+        # False: the reference's computation (average pool, 1x1 convolution). Inference
+        # copies switch it on (:meth:`_fast_tail`).
+        self.fast_proj = False
 
     def reset_bias(self) -> None:
         nn.init.constant_(self.proj.bias, self.init_bias)
@@ -48,14 +51,26 @@ class SoftGate(nn.Module):
             else:  # the plain quarter-scale resize would be empty on a tiny map
                 x = F.interpolate(x, size=small_gate_size(h, w), mode="bilinear",
                                   align_corners=False)
-        # global average pool, accumulated in float32 (exact pooling under bfloat16)
-        pooled = self.reduce(x).mean(dim=(2, 3), dtype=torch.float32)
-        # The activations decide the routing and the expected FLOPs (budget loss): the last
-        # layer runs in float32 even under autocast. ``proj`` is a 1x1 convolution on a 1x1
-        # map: computed as the equal linear map (a conv2d call on a 1x1 map costs several
-        # times more on CPU). The autocast context is entered only when autocast is on: it
-        # costs more than the linear map itself at inference.
+        # The activations decide the routing and the expected FLOPs (budget loss): pooling
+        # and the last layer run in float32 even under autocast.
+        if self.fast_proj:
+            return self._fast_tail(self.reduce(x))
+        reduced = self.reduce(x)
+        if reduced.dtype == torch.float32:
+            pooled = F.adaptive_avg_pool2d(reduced, 1)  # the reference's pooling, bit for bit
+        else:  # autocast: accumulate in float32 without a float32 copy of the whole map
+            pooled = reduced.mean(dim=(2, 3), keepdim=True, dtype=torch.float32)
+        with torch.autocast(pooled.device.type, enabled=False):
+            return F.relu(torch.tanh(self.proj(pooled))).flatten(1)
+
+    def _fast_tail(self, reduced: torch.Tensor) -> torch.Tensor:
+        """Pooling and ``proj`` as a float32 mean and the equal linear map (a conv2d call on
+        a 1x1 map costs several times more on CPU). Another summation order than the
+        faithful pooling + 1x1 convolution: for inference copies only, since a routing
+        threshold turns a last-bit difference into another route."""
+        pooled = reduced.mean(dim=(2, 3), dtype=torch.float32)
         weight, bias = self.proj.weight.flatten(1).float(), self.proj.bias.float()
+        # entered only when autocast is on: the context costs more than the linear map
         if _autocast_enabled(pooled.device.type):
             with torch.autocast(pooled.device.type, enabled=False):
                 return F.relu(torch.tanh(F.linear(pooled, weight, bias)))

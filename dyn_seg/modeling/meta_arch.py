@@ -116,13 +116,13 @@ class DynamicSemanticSegmentor(RoutedModel, nn.Module):
                 self.backbone.size_divisibility,
                 self.sem_seg_head.ignore_value,
             ).tensor
-            _, losses = self.sem_seg_head(features, targets)
+            _, losses = self.sem_seg_head(features, targets, routing.feature_present)
             losses.update(self.budget_losses(routing))
             self.log_routing(routing, shape, batched_inputs)
             return losses
 
         if logits is None:
-            logits, _ = self.sem_seg_head(features)
+            logits, _ = self.sem_seg_head(features, present=routing.feature_present)
         results = []
         for result, inp, size in zip(logits, batched_inputs, images.image_sizes):
             height = inp.get("height", size[0])

@@ -1,13 +1,14 @@
 """Panoptic-DeepLab (detectron2's ``projects.panoptic_deeplab``) on the routed backbone."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.panoptic_deeplab import PanopticDeepLab
 from detectron2.structures import ImageList
 
+from .panoptic_any_size import configure_aspp_pooling, forward_any_size
 from .routed import RoutedMetaArchMixin, budget_from_config, count_dense_head_mflops
 from .transforms import FastInference
 
@@ -29,9 +30,18 @@ class DynamicPanopticDeepLab(RoutedMetaArchMixin, PanopticDeepLab):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        # inference at any input size (MODEL.PANOPTIC_DEEPLAB.TEST_ASPP_POOLING)
+        configure_aspp_pooling(self, cfg.MODEL.PANOPTIC_DEEPLAB.TEST_ASPP_POOLING,
+                               cfg.INPUT.CROP.SIZE)
         self.setup_routing(budget_from_config(cfg), cfg.MODEL.CAL_FLOPS,
                            FastInference.from_config(cfg))
         self._head_flops: Dict[Tuple[int, int], float] = {}
+
+    def forward(self, batched_inputs: List[Dict]):
+        if self.training:
+            return super().forward(batched_inputs)
+        # detectron2's post-processing fails on outputs 1 px high or wide or of few pixels
+        return forward_any_size(self, super().forward, batched_inputs)
 
     def dense_head_mflops(self, size: Tuple[int, int]) -> float:
         # the dense heads cost the same for every image of a size: count once per size

@@ -1,57 +1,249 @@
 """Execution plans: how a :class:`DynamicNetwork` runs its cells, never what they compute.
 
-Both plans call the network's own modules and the cell's rules (:mod:`.cell`):
+Every plan calls the network's own modules and the cell's rules (:mod:`.cell`):
 
 * :class:`FaithfulPlan` computes every path for every image and multiplies by the gate
   activations (the reference's semantics; training, and what the parity tests check).
-* :class:`FastPlan` (inference) runs all gates of a layer first, brings the layer's
+  Every routing decision (a cell dropped for the batch, an image shut, a cell that received
+  nothing) is a device tensor: no host read inside the forward pass, so it is traceable
+  end to end (``torch.compile(fullgraph=True)``, ``torch.export``). An output that is
+  *nothing* is exactly zero, with a presence flag beside it.
+* :class:`GraphPlan` (inference) is the same program for an inference copy, in two
+  variants: *dense* (every path computed and weighted, as the faithful plan) and
+  *conditional* (each cell's operations and each transition run under a device predicate,
+  so that closed paths are not computed: ``torch.cond`` when compiled or exported; run
+  eagerly, the predicates of a layer are read in one transfer, the documented fallback).
+* :class:`FastPlan` (eager inference) runs all gates of a layer first, brings the layer's
   activations to the host in one transfer, plans each cell from them
   (:func:`plan_cell`, pure host-side numbers) and then computes only the operations and
   transitions that some image needs, on the sub-batch of images that need them. Outputs
   stay symbolic (:class:`RoutedSignal`) until the one cell that reads them sums them.
 
-A plan's ``run(network, x)`` returns the features and ``{(layer, scale): CellRouting}``;
-the network turns the latter into its :class:`RoutingRecord`.
+A plan's ``run(network, x)`` returns the features (tensors: a feature whose cell received
+nothing is zeros), ``{(layer, scale): CellRouting}`` and the features' presence flags;
+the network turns the last two into its :class:`RoutingRecord`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from .cell import CellOutputs, batch_drops, image_shut, transition_shape
+from .cell import (
+    CellOutputs,
+    Presence,
+    any_present,
+    batch_drops,
+    both,
+    image_shut,
+    negate,
+    transition_shape,
+)
 from .flops import CellRouting
-from .routing_space import KEEP, CellSpec
+from .routing_space import DOWN, KEEP, UP, CellSpec
 
-__all__ = ["CellPlan", "FaithfulPlan", "FastPlan", "RoutedSignal", "aggregate", "plan_cell"]
+__all__ = ["CellPlan", "FaithfulPlan", "FastPlan", "GraphPlan", "RoutedSignal", "aggregate",
+           "plan_cell"]
 
 Rows = Optional[List[int]]  # batch indices; None = every image of the batch
 Key = Tuple[int, int]
-Features = Dict[str, Optional[torch.Tensor]]
+Features = Dict[str, torch.Tensor]
+PlanResult = Tuple[Features, Dict[Key, CellRouting], Dict[str, Presence]]
+
+
+def sum_inputs(spec: CellSpec, outputs: Dict[Key, CellOutputs]
+               ) -> Tuple[Optional[torch.Tensor], Presence]:
+    """The summed inputs X of the cell ``spec`` and whether any of them is something.
+
+    An input that is nothing is exactly zero (or None when known on the host): adding it
+    changes no bit of the sum, so the sum runs over every input in order.
+    """
+    summed, flags = None, []
+    for i in spec.inputs:
+        src = outputs[(i.layer, i.scale)]
+        flag = src.presence(i.path)
+        if flag is False:
+            continue
+        t = src.get(i.path)
+        flags.append(flag)
+        summed = t if summed is None else summed + t
+    return summed, any_present(flags)
+
+
+def _stem_scale_shape(stem_shape: Sequence[int], spec: CellSpec) -> Tuple[int, int, int, int]:
+    """Shape of a cell's tensors at ``spec.scale`` for a stem output of ``stem_shape``."""
+    n, _, h, w = stem_shape
+    for _ in range(spec.scale):
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    return (n, spec.channels, h, w)
+
+
+def _run_network(network, x: torch.Tensor, run_layer) -> PlanResult:
+    """The loop every device-routed plan shares: stem, init cell, then layer by layer the
+    summed inputs of each cell and ``run_layer(cells, inputs)`` -> their outputs."""
+    stem_out = network.stem(x)
+    outputs: Dict[Key, CellOutputs] = {}
+    init = network.init_cell
+    outputs[(-1, 0)] = run_layer([init], [(stem_out, True)])[0]
+    for layer_specs, layer_cells in zip(network.cell_specs, network.cells):
+        inputs = [sum_inputs(spec, outputs) for spec in layer_specs]
+        for spec, out in zip(layer_specs, run_layer(layer_cells, inputs)):
+            outputs[(spec.layer, spec.scale)] = out
+    last = len(network.cell_specs) - 1
+    features, present = {}, {}
+    for i, name in enumerate(network.output_shape()):
+        out = outputs[(last, i)]
+        keep = out.keep
+        if keep is None:  # known on the host to be nothing
+            spec = network.cell_specs[last][i]
+            keep = stem_out.new_zeros(_stem_scale_shape(stem_out.shape, spec))
+        features[name] = keep
+        present[name] = out.presence(KEEP)
+    routing = {k: CellRouting(o.alpha, o.dropped, o.present) for k, o in outputs.items()}
+    return features, routing, present
 
 
 class FaithfulPlan:
-    """Every path for every image; drop path in training; whole-batch dropping in eval."""
+    """Every path for every image; drop path in training; whole-batch dropping in eval as a
+    device decision. With ``network.checkpoint_cells`` in training each cell's activations
+    are recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant; the
+    random drop-path masks are replayed, so gradients are the same)."""
 
-    def run(self, network, x: torch.Tensor) -> Tuple[Features, Dict[Key, CellRouting]]:
+    def run(self, network, x: torch.Tensor) -> PlanResult:
         drop = network.drop_prob if network.training else 0.0
         step = network.step_rate
-        outputs: Dict[Key, CellOutputs] = {(-1, 0): network.init_cell(network.stem(x), drop, step)}
-        for layer_specs, layer_cells in zip(network.cell_specs, network.cells):
-            layer_out = {}
-            for spec, cell in zip(layer_specs, layer_cells):
-                inputs = [outputs[(i.layer, i.scale)].get(i.path) for i in spec.inputs]
-                present = [t for t in inputs if t is not None]
-                summed = None
-                for t in present:
-                    summed = t if summed is None else summed + t
-                layer_out[(spec.layer, spec.scale)] = cell(summed, drop, step)
-            outputs.update(layer_out)
-        last = len(network.cell_specs) - 1
-        features = {name: outputs[(last, i)].keep
-                    for i, name in enumerate(network.output_shape())}
-        return features, {k: CellRouting(o.alpha, o.dropped) for k, o in outputs.items()}
+        recompute = (getattr(network, "checkpoint_cells", False) and network.training
+                     and torch.is_grad_enabled())
+
+        def run_layer(cells, inputs):
+            outs = []
+            for cell, (summed, present) in zip(cells, inputs):
+                if recompute and summed is not None:
+                    outs.append(checkpoint(cell, summed, drop, step, present,
+                                           use_reentrant=False))
+                else:
+                    outs.append(cell(summed, drop, step, present))
+            return outs
+
+        return _run_network(network, x, run_layer)
+
+
+def _exporting() -> bool:
+    """True while torch.compile / torch.export trace the forward pass."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None:
+        return False
+    for name in ("is_compiling", "is_exporting", "is_dynamo_compiling"):
+        fn = getattr(compiler, name, None)
+        if fn is not None and fn():
+            return True
+    return False
+
+
+def _guarded(pred: Presence, true_fn: Callable, false_fn: Callable, operands: tuple):
+    """``true_fn(*operands)`` if ``pred`` else ``false_fn(*operands)``: a Python branch
+    for a host-side bool, ``torch.cond`` (a conditional in the graph) for a device flag."""
+    if isinstance(pred, bool):
+        return (true_fn if pred else false_fn)(*operands)
+    return torch.cond(pred, true_fn, false_fn, operands)
+
+
+def _zeros(shape, like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    # allocated in its layout (zeros() then contiguous() would copy a channels_last one)
+    return torch.empty(shape, dtype=like.dtype, device=like.device,
+                       memory_format=memory_format).zero_()
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """Inference plan without host decisions, for one captured program per input size.
+
+    ``conditional`` False (*dense*): every path computed and weighted, exactly the faithful
+    plan's semantics. True (*conditional*): a cell's operations run only when it is not
+    dropped, and a transition only when some image opened it; otherwise their outputs are
+    zeros (what ``alpha * transition`` is for closed paths). Predicates are per batch (any
+    image that needs a path computes it for the batch, as the dense variant would). Traced
+    (torch.compile, torch.export) each guarded region is a ``torch.cond``; run eagerly, the
+    predicates of a layer come to the host in one transfer (on a CPU the host is the device).
+    ``memory_format``: of zero outputs (the network's layout).
+    """
+
+    conditional: bool = False
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def run(self, network, x: torch.Tensor) -> PlanResult:
+        if network.training:
+            raise RuntimeError(
+                "GraphPlan is for inference: call model.eval() first (training runs the "
+                "faithful plan)."
+            )
+        with torch.no_grad():
+            return self._run(network, x)
+
+    def _run(self, network, x: torch.Tensor) -> PlanResult:
+        if not self.conditional:
+            return _run_network(network, x, lambda cells, inputs: [
+                cell(summed, 0.0, 0.0, present) for cell, (summed, present) in zip(cells, inputs)
+            ])
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                "The conditional graph plan cannot be traced with torch.jit.trace (a trace "
+                "freezes its branches): export it with torch.export (tools/export_model.py "
+                "--export-method torch-export), or trace the dense variant "
+                "(MODEL.FAST.PLAN graph-dense)."
+            )
+        return _run_network(network, x, self._conditional_layer)
+
+    def _conditional_layer(self, cells, inputs) -> List[CellOutputs]:
+        # gates and predicates of the whole layer first
+        states, preds = [], []
+        for cell, (x, present) in zip(cells, inputs):
+            if x is None or present is False:
+                states.append(None)
+                continue
+            alpha = cell.activations(x)
+            dropped = cell.drops(alpha, present)
+            run_ops = negate(dropped)
+            paths = {p: both(run_ops, (alpha[:, cell.spec.paths.index(p)] > 0).any())
+                     for p in (UP, DOWN) if p in cell.spec.paths}
+            states.append((alpha, dropped, run_ops, paths))
+            preds += [run_ops] + list(paths.values())
+        host = _read_predicates(preds) if not _exporting() else None
+        outs = []
+        for cell, (x, present), state in zip(cells, inputs, states):
+            if state is None:
+                outs.append(CellOutputs(None, None, None, None, True, False))
+                continue
+            alpha, dropped, run_ops, paths = state
+            if host is not None:
+                run_ops = host.pop(0)
+                paths = {p: host.pop(0) for p in paths}
+            act = _guarded(run_ops, cell.body, torch.zeros_like, (x,))
+            keep = cell.keep_output(x, alpha, act, dropped)
+            trans = {}
+            for p, pred in paths.items():
+                shape = transition_shape(p, x.shape)
+                fmt = self.memory_format
+
+                def compute(a, al, p=p, cell=cell):
+                    return cell.path_output(p, al, a, False)
+
+                def skip(a, al, shape=shape, fmt=fmt):
+                    return _zeros(shape, a, fmt)
+
+                trans[p] = _guarded(pred, compute, skip, (act, alpha))
+            outs.append(CellOutputs(keep, trans.get(UP), trans.get(DOWN), alpha, dropped,
+                                    present))
+        return outs
+
+
+def _read_predicates(preds: List[Presence]) -> List[bool]:
+    """The layer's predicates as Python bools, with one device-to-host transfer."""
+    tensors = [p for p in preds if not isinstance(p, bool)]
+    values = iter(torch.stack(tensors).tolist()) if tensors else iter(())
+    return [p if isinstance(p, bool) else bool(next(values)) for p in preds]
 
 
 # -- the fast inference plan ------------------------------------------------------------
@@ -113,12 +305,6 @@ def plan_cell(
 
 
 Scale = Union[None, float, torch.Tensor]
-
-
-def _zeros(shape, like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    # allocated in its layout (zeros() then contiguous() would copy a channels_last one)
-    return torch.empty(shape, dtype=like.dtype, device=like.device,
-                       memory_format=memory_format).zero_()
 
 
 def _take(x: torch.Tensor, index: torch.Tensor, memory_format: torch.memory_format
@@ -234,7 +420,7 @@ class FastPlan:
             )
 
     @torch.no_grad()
-    def run(self, network, x: torch.Tensor) -> Tuple[Features, Dict[Key, CellRouting]]:
+    def run(self, network, x: torch.Tensor) -> PlanResult:
         if network.training:
             raise RuntimeError(
                 "FastPlan is for inference: call model.eval() first (training runs the "
@@ -250,11 +436,16 @@ class FastPlan:
             outputs = self._run_layer(layer_specs, layer_cells, inputs)
             routing.update({k: o.routing for k, o in outputs.items()})
         last = len(network.cell_specs) - 1
-        features = {}
+        features, present = {}, {}
         for i, name in enumerate(network.output_shape()):
             keep = outputs[(last, i)].signals[KEEP]
-            features[name] = None if keep is None else keep.materialize()
-        return features, routing
+            present[name] = keep is not None
+            if keep is None:  # the cell received nothing: zeros of its shape
+                spec = network.cell_specs[last][i]
+                keep = RoutedSignal(None, None, None, _stem_scale_shape(stem_out.shape, spec),
+                                    stem_out, self.memory_format)
+            features[name] = keep.materialize()
+        return features, routing, present
 
     def _run_layer(self, specs: Sequence[CellSpec], cells, inputs) -> Dict[Key, _FastOutputs]:
         alphas = [c.gate(x) if (x is not None and c.gate is not None) else None

@@ -10,6 +10,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
+from .cell import Presence, any_present
 from .flops import MEGA, conv_flops, decoder_map_size
 from .layers import ConvSpec, build_conv, kaiming_init, pointwise
 
@@ -17,18 +18,30 @@ __all__ = ["DynamicSemSegHead"]
 
 
 def decode(features: Dict[str, Optional[torch.Tensor]], in_features: Sequence[str],
-           decoders: Sequence[nn.Module], predictor: nn.Module) -> torch.Tensor:
+           decoders: Sequence[nn.Module], predictor: nn.Module,
+           present: Optional[Dict[str, Presence]] = None) -> torch.Tensor:
     """The decoder's top-down pass: from the coarsest feature, each level's output is
-    upsampled x2 and added to the next finer feature (a missing feature, None, passes the
-    running prediction on); ``predictor`` maps the stride-4 result to logits."""
-    pred = None
+    upsampled x2 and added to the next finer feature (a missing feature passes the running
+    prediction on); ``predictor`` maps the stride-4 result to logits.
+
+    A feature is missing when it is None or its flag in ``present`` is False (then it is
+    zeros): until some coarser feature exists, a missing one is skipped. With device flags
+    the skip is a ``torch.where`` (the running prediction is zero while nothing exists).
+    """
+    present = present or {}
+    pred, pred_present = None, False
     for j in reversed(range(len(in_features))):
-        f = features.get(in_features[j])
-        if pred is not None:
-            f = pred if f is None else f + pred
-        if f is None:
+        name = in_features[j]
+        f = features.get(name)
+        flag = False if f is None else present.get(name, True)
+        if flag is False and pred is None:
             continue
+        f = pred if f is None or flag is False else (f if pred is None else f + pred)
+        exists = any_present([pred_present, flag])
         pred = decoders[j](f)
+        if exists is not True:  # nothing yet at this level: the prediction stays zero
+            pred = torch.where(exists, pred, 0.0)
+        pred_present = exists
         if j > 0:
             pred = F.interpolate(pred, scale_factor=2, mode="bilinear", align_corners=False)
     return predictor(pred)
@@ -85,27 +98,30 @@ class DynamicSemSegHead(nn.Module):
             "loss_weight": h.LOSS_WEIGHT,
         }
 
-    def stride4_logits(self, features: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
-        """Logits at stride 4 (before the final x4 upsampling)."""
-        return decode(features, self.in_features, self.decoders, self.predictor)
+    def stride4_logits(self, features: Dict[str, Optional[torch.Tensor]],
+                       present: Optional[Dict[str, Presence]] = None) -> torch.Tensor:
+        """Logits at stride 4 (before the final x4 upsampling); ``present``: the routing
+        record's ``feature_present`` (which features are something)."""
+        return decode(features, self.in_features, self.decoders, self.predictor, present)
 
     @staticmethod
     def upsample(logits: torch.Tensor) -> torch.Tensor:
         """Stride-4 logits to input resolution (bilinear x4)."""
         return F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)
 
-    def forward(self, features, targets: Optional[torch.Tensor] = None
+    def forward(self, features, targets: Optional[torch.Tensor] = None,
+                present: Optional[Dict[str, Presence]] = None
                 ) -> Tuple[Optional[torch.Tensor], Dict[str, torch.Tensor]]:
-        logits = self.upsample(self.stride4_logits(features))
+        logits = self.upsample(self.stride4_logits(features, present))
         if self.training:
             return None, self.losses(logits, targets)
         return logits, {}
 
     def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        from .losses import ignore_safe_cross_entropy  # 0, not NaN, without a valid pixel
+
         with torch.autocast(logits.device.type, enabled=False):  # the loss in float32
-            loss = F.cross_entropy(
-                logits.float(), targets, reduction="mean", ignore_index=self.ignore_value
-            )
+            loss = ignore_safe_cross_entropy(logits.float(), targets, self.ignore_value)
         return {"loss_sem_seg": loss * self.loss_weight}
 
     def flops(self, size: Tuple[int, int]) -> float:

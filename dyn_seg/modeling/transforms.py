@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, fields
 from types import CodeType
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils._pytree import tree_map_only
 
 from .backbone import DynamicNetwork, RoutingRecord
+from .capture import CapturedForward, flatten_record, unflatten_record
 from .gate import SoftGate
-from .plans import FastPlan
+from .plans import FastPlan, GraphPlan
 from .routed import routed_model
 
 __all__ = [
@@ -58,6 +59,10 @@ def _check_compile_mode(mode: str) -> None:
         )
 
 
+# MODEL.FAST.PLAN: the execution plan of the inference copy
+PLANS = ("fast", "graph-dense", "graph-conditional")
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """``MODEL.FAST.*``: which transforms and which plan the inference copy uses.
@@ -65,8 +70,13 @@ class InferenceOptions:
     fold_bn: fold eval-mode batch norms into the convolutions. channels_last: NHWC
     convolutions. skip_closed_paths / per_image_routing: the :class:`FastPlan`'s switches
     (both False: every path for every image). bf16: bfloat16 (gates' last layer and logits
-    float32). compile: torch.compile backend of the static modules ("" none, "inductor",
-    "eager" to check tracing only); compile_mode: one of :data:`COMPILE_MODES`.
+    float32). compile: torch.compile backend ("" none, "inductor", "eager" to check
+    tracing only): of the static modules for the fast plan, of the whole forward pass as one
+    graph (``fullgraph=True``) for the graph plans; compile_mode: one of
+    :data:`COMPILE_MODES`. plan_name: one of :data:`PLANS` (the fast plan decides on the
+    host; the graph plans on the device, :class:`~.plans.GraphPlan`). cuda_graph: on CUDA,
+    capture the graph plan's forward pass once per input shape and replay it
+    (:class:`~.capture.CapturedForward`).
     """
 
     fold_bn: bool = True
@@ -76,22 +86,47 @@ class InferenceOptions:
     bf16: bool = False
     compile: str = ""
     compile_mode: str = "default"
+    plan_name: str = "fast"
+    cuda_graph: bool = False
 
     def __post_init__(self):
         _check_compile_mode(self.compile_mode)
+        if self.plan_name not in PLANS:
+            raise ValueError(
+                f"MODEL.FAST.PLAN={self.plan_name!r} is not allowed: use one of {list(PLANS)}."
+            )
+        if self.cuda_graph and self.plan_name != "graph-dense":
+            raise ValueError(
+                f"MODEL.FAST.CUDA_GRAPH=True needs MODEL.FAST.PLAN graph-dense (got "
+                f"{self.plan_name!r}): the fast plan decides on the host, and capturing the "
+                "conditional plan needs CUDA-graph conditional nodes, which dyn_seg does not "
+                "use yet."
+            )
+        if self.cuda_graph and self.compile_mode == "reduce-overhead":
+            raise ValueError(
+                "MODEL.FAST.CUDA_GRAPH=True captures CUDA graphs itself: use "
+                "MODEL.FAST.COMPILE_MODE default (reduce-overhead would capture them twice)."
+            )
         self.plan()  # validates the plan's switches
 
     @classmethod
     def from_config(cls, cfg) -> InferenceOptions:
         f = cfg.MODEL.FAST
         return cls(f.FOLD_BN, f.CHANNELS_LAST, f.SKIP_CLOSED_PATHS, f.PER_IMAGE_ROUTING,
-                   f.BF16, f.COMPILE, f.COMPILE_MODE)
+                   f.BF16, f.COMPILE, f.COMPILE_MODE, f.PLAN, f.CUDA_GRAPH)
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def plan(self) -> FastPlan:
+    @property
+    def is_graph(self) -> bool:
+        """True for the plans without host decisions (one program per input shape)."""
+        return self.plan_name != "fast"
+
+    def plan(self) -> Union[FastPlan, GraphPlan]:
+        if self.is_graph:
+            return GraphPlan(self.plan_name == "graph-conditional", self.memory_format)
         return FastPlan(self.skip_closed_paths, self.per_image_routing, self.memory_format)
 
     def describe(self) -> dict:
@@ -165,7 +200,7 @@ def _calling(method):
     return call
 
 
-def compile_function(fn, backend: str, mode: str = "default"):
+def compile_function(fn, backend: str, mode: str = "default", fullgraph: bool = False):
     """``torch.compile(fn)`` with ``backend`` (and ``mode`` for inductor).
 
     With CUDA graphs ("reduce-overhead") a graph's outputs live in memory that its next
@@ -173,7 +208,7 @@ def compile_function(fn, backend: str, mode: str = "default"):
     layer, per sub-batch) and keeps earlier outputs, so each call starts a new graph step
     and its outputs are cloned out of the graph's memory.
     """
-    kwargs = {"backend": backend}
+    kwargs = {"backend": backend, "fullgraph": fullgraph}
     if backend == "inductor":
         kwargs["mode"] = mode
     compiled = torch.compile(fn, **kwargs)
@@ -269,8 +304,8 @@ class _Stride4Logits(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, features):
-        return self.head.stride4_logits(features)
+    def forward(self, features, present=None):
+        return self.head.stride4_logits(features, present)
 
 
 class InferenceCopy(nn.Module):
@@ -310,11 +345,21 @@ class InferenceCopy(nn.Module):
         for m in self.backbone.modules():  # the gates' last layer stays float32
             if isinstance(m, SoftGate):
                 m.proj.float()
+                m.fast_proj = True
         self.eval()
-        compile_modules(_static_modules(self.backbone), o.compile, o.compile_mode)
+        self.program: Optional[CapturedForward] = None
         self.logits = None if self.head is None else _Stride4Logits(self.head)
-        if self.logits is not None:
-            compile_modules([self.logits], o.compile, o.compile_mode)
+        if o.is_graph and self.head is not None:
+            # the whole forward pass as one program: one graph to compile, capture, replay
+            fn = self.graph_forward
+            if o.compile:
+                fn = compile_function(fn, o.compile, o.compile_mode, fullgraph=True)
+            self.program = CapturedForward(fn, o.cuda_graph)
+        else:
+            # a network alone on a graph plan: the plan runs eagerly, its modules compiled
+            compile_modules(_static_modules(self.backbone), o.compile, o.compile_mode)
+            if self.logits is not None:
+                compile_modules([self.logits], o.compile, o.compile_mode)
 
     def train(self, mode: bool = True):
         if mode:
@@ -326,7 +371,16 @@ class InferenceCopy(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor):
-        x = images.to(self.dtype).contiguous(memory_format=self.options.memory_format)
+        if self.program is not None:
+            return self._assemble(images, self.program(images))
+        return self._run(images)
+
+    def cast_input(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the copy's dtype and memory layout."""
+        return images.to(self.dtype).contiguous(memory_format=self.options.memory_format)
+
+    def _run(self, images: torch.Tensor):
+        x = self.cast_input(images)
         features, routing = self.backbone.forward_with_routing(x, self.plan)
         if self.head is None:
             if self.dtype != images.dtype:  # detectron2 heads take the input's dtype
@@ -334,8 +388,33 @@ class InferenceCopy(nn.Module):
                             for k, v in features.items()}
             return features, routing
         # float32 NCHW before the x4 upsampling: the 16x larger result costs far more
-        logits = self.logits(features).float().contiguous()
+        logits = self.logits(features, routing.feature_present).float().contiguous()
         return self.head.upsample(logits), features, routing
+
+    def _layout(self) -> Tuple[list, list, list]:
+        net = self.backbone
+        keys = [(net.init_spec.layer, net.init_spec.scale)] + [
+            (s.layer, s.scale) for layer in net.cell_specs for s in layer]
+        widths = [net.init_spec.num_paths] + [s.num_paths for layer in net.cell_specs
+                                              for s in layer]
+        return keys, widths, list(net.output_shape())
+
+    def graph_forward(self, images: torch.Tensor) -> Tuple:
+        """The forward pass as tensors only (graph plans): ``(logits, features in name
+        order, *flatten_record(...))`` -- what is compiled, captured and exported."""
+        with torch.no_grad():
+            logits, features, routing = self._run(images)
+            keys, widths, names = self._layout()
+            flat = flatten_record(routing, keys, names, images.shape[0], widths, logits)
+            return (logits, tuple(features[n] for n in names)) + flat
+
+    def _assemble(self, images: torch.Tensor, outputs: Tuple
+                  ) -> Tuple[torch.Tensor, Features, RoutingRecord]:
+        logits, features, *flat = outputs
+        keys, _, names = self._layout()
+        _, stem = self.backbone.flops_table(self.backbone.counting_size(images))
+        record = unflatten_record(tuple(flat), keys, names, stem)
+        return logits, dict(zip(names, features)), record
 
 
 def _weights_key(module: nn.Module) -> tuple:
@@ -394,38 +473,56 @@ class FastInference:
         return self.inference_copy(network)(images)
 
 
+TRAIN_COMPILE_SCOPES = ("modules", "network")
+
+
 @dataclass(frozen=True)
 class TrainingOptions:
-    """``MODEL.FAST.TRAIN_CHANNELS_LAST`` / ``TRAIN_COMPILE`` (and ``COMPILE_MODE``)."""
+    """``MODEL.FAST.TRAIN_CHANNELS_LAST`` / ``TRAIN_COMPILE`` / ``TRAIN_COMPILE_SCOPE`` /
+    ``TRAIN_CHECKPOINT`` (and ``COMPILE_MODE``)."""
 
     channels_last: bool = False
     compile: str = ""
     compile_mode: str = "default"
+    compile_scope: str = "modules"
+    checkpoint: bool = False
 
     def __post_init__(self):
         _check_compile_mode(self.compile_mode)
+        if self.compile_scope not in TRAIN_COMPILE_SCOPES:
+            raise ValueError(
+                f"MODEL.FAST.TRAIN_COMPILE_SCOPE={self.compile_scope!r} is not allowed: use "
+                f"one of {list(TRAIN_COMPILE_SCOPES)}."
+            )
 
     @classmethod
     def from_config(cls, cfg) -> TrainingOptions:
         f = cfg.MODEL.FAST
-        return cls(f.TRAIN_CHANNELS_LAST, f.TRAIN_COMPILE, f.COMPILE_MODE)
+        return cls(f.TRAIN_CHANNELS_LAST, f.TRAIN_COMPILE, f.COMPILE_MODE,
+                   f.TRAIN_COMPILE_SCOPE, f.TRAIN_CHECKPOINT)
 
 
 def prepare_for_training(model: nn.Module, cfg) -> nn.Module:
-    """Apply ``MODEL.FAST.TRAIN_CHANNELS_LAST`` / ``TRAIN_COMPILE`` to a routed model in place.
+    """Apply ``MODEL.FAST.TRAIN_*`` to a routed model in place.
 
     ``cfg``: a config or :class:`TrainingOptions`. channels_last converts the weights
-    (convolutions then run NHWC); compile compiles the routed network's static modules
-    (stem, operations, gates, transitions) and the model's
+    (convolutions then run NHWC); compile with scope "modules" compiles the routed network's
+    static modules (stem, operations, gates, transitions) and the model's
     :meth:`~dyn_seg.modeling.routed.RoutedModel.compiled_heads`, so that a changing
-    ``step_rate`` or drop-path draw never recompiles. State-dict keys stay the same.
-    Returns ``model``.
+    ``step_rate`` or drop-path draw never recompiles; with scope "network" the routed
+    network's forward pass is one graph (``fullgraph=True``: the faithful plan has no host
+    decision). checkpoint recomputes each cell in the backward pass. State-dict keys stay
+    the same. Returns ``model``.
     """
     options = cfg if isinstance(cfg, TrainingOptions) else TrainingOptions.from_config(cfg)
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
-    if options.compile:
-        routed = routed_model(model)
-        compile_modules(_static_modules(routed.routed_network) + routed.compiled_heads(),
+    routed = routed_model(model)
+    network = routed.routed_network
+    network.checkpoint_cells = options.checkpoint
+    if options.compile and options.compile_scope == "network":
+        network.compile_routing(options.compile, options.compile_mode)
+    elif options.compile:
+        compile_modules(_static_modules(network) + routed.compiled_heads(),
                         options.compile, options.compile_mode)
     return model

@@ -8,7 +8,9 @@
   overrides (``opts``; ``--opts KEY VALUE ...`` is accepted as well)
   (:func:`add_weights_and_opts`, :func:`parse_tool_args`);
 * a ``DefaultPredictor`` whose weights are loaded by ``DynSegCheckpointer``
-  (:func:`build_predictor`).
+  (:func:`build_predictor`);
+* argparse ``type=`` checks of numbers, whose messages name the allowed range
+  (:func:`int_at_least`, :func:`float_in`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ __all__ = [
     "add_weights_and_opts",
     "build_predictor",
     "find_images",
+    "float_in",
+    "int_at_least",
     "output_paths",
     "parse_size",
     "parse_tool_args",
@@ -31,6 +35,45 @@ __all__ = [
 
 #: Extensions searched for in input folders (lower case; matched case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# --------------------------------------------------------------------------- numbers
+
+def int_at_least(minimum: int, meaning: str = ""):
+    """An argparse ``type=``: an integer >= ``minimum``; ``meaning`` (e.g. "0: keep")
+    is added to the message. ``parser.error`` reports ``argument --iters: ...``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            note = f" ({meaning})" if meaning else ""
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: it must be an integer "
+                                             f">= {minimum}{note}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_in(low: float, high: float, low_open: bool = False):
+    """An argparse ``type=``: a number in ``[low, high]`` (``(low, high]`` with
+    ``low_open``)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"{value:g} is not allowed: it must be in "
+                                             f"{interval}")
+        return value
+
+    parse.__name__ = f"number in {interval}"
+    return parse
+
 
 # ----------------------------------------------------------------------------- sizes
 
