@@ -286,5 +286,8 @@ def test_instance_evaluator_scores_ground_truth_100(datasets, tmp_path):
                                           for i in objs])
         inst.scores = torch.ones(len(objs))
         evaluator.process([d], [{"instances": inst}])
+    before = set(Path.cwd().iterdir())
     results = evaluator.evaluate()
     assert results["segm"]["AP"] == pytest.approx(100.0)
+    # cityscapesscripts' matches.json goes into the evaluator's temporary folder
+    assert set(Path.cwd().iterdir()) == before

@@ -1,6 +1,6 @@
 """Inference latency of a routed model, ``model(inputs)`` in eval mode as built from its
 config (``MODEL.FAST.*`` defaults), with gates forced open and with a seeded fraction of
-cells forced closed (``dyn_seg.benchmark.patterns``), plus the time of the routed network
+cells or paths forced closed (``dyn_seg.benchmark.patterns``), plus the time of the routed network
 inside it (forward hooks on the network module, which fire on every version of the code).
 
 Written against APIs that exist before and after the routed-model contract, so that one
@@ -43,8 +43,10 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         net = find_routed_network(model.backbone)
-        fraction = 0.0 if g == "open" else float(g.split(":")[1])
-        apply_gate_pattern(net, random_gate_pattern(net, fraction, unit="cell", seed=0))
+        kind, _, value = g.partition(":")  # open | cells:F | paths:F
+        unit = "path" if kind == "paths" else "cell"
+        fraction = float(value) if value else 0.0
+        apply_gate_pattern(net, random_gate_pattern(net, fraction, unit=unit, seed=0))
         times, start = [], []
         net.register_forward_pre_hook(lambda m, args, s=start: s.append(time.perf_counter()))
         net.register_forward_hook(
@@ -72,8 +74,10 @@ def main() -> None:
             "label": a.label, "commit": commit, "config": a.config, "gates": g,
             "size": a.size, "threads": 1, "iters": a.iters,
             "median_ms": statistics.median(times[g]) * 1e3, "min_ms": min(times[g]) * 1e3,
-            "network_median_ms": statistics.median(net_times[g]) * 1e3,
-            "network_min_ms": min(net_times[g]) * 1e3,
+            # the semantic segmentor calls forward_with_routing itself: no network time
+            "network_median_ms": statistics.median(net_times[g]) * 1e3 if net_times[g]
+            else None,
+            "network_min_ms": min(net_times[g]) * 1e3 if net_times[g] else None,
             "real_gflops": flops[g]["real"], "backbone_gflops": flops[g]["backbone"],
         }), flush=True)
 

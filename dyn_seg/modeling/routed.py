@@ -147,9 +147,13 @@ def check_image(image: torch.Tensor, index: int, record: Dict) -> None:
             f"Expected a (3, H, W) BGR image tensor, got shape {tuple(image.shape)} for "
             f"{name}; convert it to 3 channels (INPUT.FORMAT BGR)."
         )
-    # integer images (what detectron2's mappers give) cannot hold NaN/Inf: no pass over them
-    if image.is_floating_point() and not bool(torch.isfinite(image).all()):
-        bad = int((~torch.isfinite(image)).sum())
+    # integer images (what detectron2's mappers give) cannot hold NaN/Inf: no pass over
+    # them; float ones: one reduction (a NaN or Inf element makes the sum non-finite), the
+    # elementwise count only for the error message
+    if not image.is_floating_point() or bool(torch.isfinite(image.sum())):
+        return
+    bad = int((~torch.isfinite(image)).sum())
+    if bad:
         raise ValueError(
             f"The input image {name} holds {bad} NaN/Inf values: the routed network would "
             "spread them to every output. Fix or drop the image (check its decoding and any "
