@@ -66,7 +66,12 @@ class DynamicSemanticSegmentor(RoutedModel, nn.Module):
         return self.backbone
 
     def dense_head_mflops(self, size: Tuple[int, int]) -> float:
-        return self.sem_seg_head.flops(size)
+        # the decoder's analytic count depends on the size only: once per size
+        size = (int(size[0]), int(size[1]))
+        cache = self.__dict__.setdefault("_head_flops", {})
+        if size not in cache:
+            cache[size] = self.sem_seg_head.flops(size)
+        return cache[size]
 
     def trace_heads(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         return self.sem_seg_head(features)[0]
