@@ -99,6 +99,165 @@ def test_unknown_mode_is_rejected():
         benchmark_inference(model, ["fastest"], (64, 64), 1, 0, 1)
 
 
+# -- operator counts, modes of later versions, memory, profile -----------------------------
+
+COUNT = ["--device", "cpu", "--task", "count", "--train-size", "64", "64", "--train-batch", "2",
+         "--calibrate", "0"]
+
+
+def _counts(capsys, size, modes, train_modes):
+    _tool().main(COUNT + ["--size", *size, "--modes", *modes, "--train-modes", *train_modes]
+                 + TINY)
+    header, *records = _lines(capsys)
+    return header, {(r["pass"], r["mode"]): r for r in records}
+
+
+def test_count_task_reports_kernels_and_host_reads_per_forward(capsys):
+    modes = ["faithful", "fast", "graph-dense", "graph-conditional"]
+    header, counts = _counts(capsys, ["64", "128"], modes, ["faithful", "checkpoint"])
+    assert header["layers"] == 4
+    assert list(counts) == [("inference", m) for m in modes] + [("train", "faithful"),
+                                                                 ("train", "checkpoint")]
+    for r in counts.values():
+        assert r["task"] == "count" and r["count_method"] == "dispatch" and r["kernels"] > 0
+        assert r["top_ops"] and r["top_ops"][0][1] >= r["top_ops"][-1][1]
+    # the fast plan reads each layer's gates back once (tolist); the faithful plan and the
+    # dense graph plan decide on the device
+    fast = counts[("inference", "fast")]
+    assert fast["host_reads"] == 1 + 4 and fast["host_read_ops"] == [["tolist", 5]]
+    assert counts[("inference", "faithful")]["host_reads"] == 0
+    assert counts[("inference", "graph-dense")]["host_reads"] == 0
+    # checkpointing recomputes every cell's forward in the backward pass
+    train, ckpt = counts[("train", "faithful")], counts[("train", "checkpoint")]
+    assert ckpt["kernels"] > train["kernels"]
+    conv = dict(train["top_ops"])["convolution"]
+    assert dict(ckpt["top_ops"])["convolution"] > conv
+    # the counts do not depend on the input size
+    _, larger = _counts(capsys, ["128", "256"], ["fast", "graph-dense"], ["faithful"])
+    for key, r in larger.items():
+        assert (r["kernels"], r["host_reads"]) == (counts[key]["kernels"],
+                                                   counts[key]["host_reads"]), key
+
+
+def test_profiler_counts_compiled_code_that_the_dispatch_counter_cannot_see():
+    from dyn_seg.benchmark.counting import profile_count
+    from dyn_seg.benchmark.op_counts import _inductor_kernel_profile
+
+    weight = torch.randn(4, 4, 3, 3)
+
+    def f(x):
+        y = torch.nn.functional.conv2d(torch.relu(x) * 2 + 1, weight).sin()
+        return y, y.sum().item()
+
+    x = torch.randn(1, 4, 16, 16)
+    compiled = torch.compile(f)
+    with _inductor_kernel_profile():
+        expected = compiled(x)  # compiles
+    (out, value), record = profile_count(compiled, x)
+    assert torch.allclose(out, expected[0]) and value == pytest.approx(expected[1], rel=1e-5)
+    assert record.method == "profiler" and record.extra["compiled_regions"] >= 1
+    generated = [k for k in record.ops if k.startswith("kernel:")]
+    assert generated, dict(record.ops)  # inductor's fused kernels are counted
+    assert record.count("convolution") == 1  # the external kernel
+    assert record.host_reads == 1 and record.where == ["_local_scalar_dense"]  # .item()
+    assert record.kernels >= 1 + len(generated)
+
+
+def test_modes_of_later_versions_resolve_to_the_first_spelling_the_options_accept():
+    from dataclasses import dataclass
+
+    from dyn_seg.benchmark.modes import ModeSpec, UnavailableMode, _build, resolve
+
+    @dataclass(frozen=True)
+    class Options:  # options of a version that has the graph plans and a compile switch
+        plan: str = "fast"
+        compile_graph: bool = False
+
+        def __post_init__(self):
+            if self.plan not in ("fast", "graph-dense"):
+                raise ValueError(f"plan {self.plan!r} unknown")
+
+    spec = ModeSpec((dict(plan="graph-dense", fullgraph=True),
+                     dict(plan="graph-dense", compile_graph=True)), "test")
+    reasons = []
+    assert _build(Options, spec, "m", reasons) == Options("graph-dense", True)
+    assert reasons == ["Options has no fullgraph"]
+    rejected = ModeSpec((dict(plan="graph-sparse"),), "test")
+    assert _build(Options, rejected, "m", reasons) is None
+    assert "plan 'graph-sparse' unknown" in reasons[-1]
+    # on this version's options, and on a CPU
+    with pytest.raises(UnavailableMode, match="needs a CUDA device"):
+        resolve("inference", "graph-dense-cudagraph", "cpu")
+    with pytest.raises(ValueError, match="Unknown inference mode 'fastest'"):
+        resolve("inference", "fastest")
+
+
+def test_unavailable_mode_stops_with_the_reason_unless_skipped(capsys):
+    with pytest.raises(SystemExit):
+        _tool().main(COMMON + ["--modes", "fast", "graph-dense-cudagraph"] + TINY)
+    assert "needs a CUDA device" in capsys.readouterr().err
+    _tool().main(COMMON + ["--modes", "fast", "graph-dense-cudagraph", "--skip-unavailable",
+                           "--warmup", "0", "--iters", "1"] + TINY)
+    header, *records = _lines(capsys)
+    assert "needs a CUDA device" in header["unavailable_modes"]["inference:graph-dense-cudagraph"]
+    assert [r["mode"] for r in records] == ["fast"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--iters", "0"], "argument --iters: 0 is not allowed: it must be an integer >= 1"),
+    (["--batch", "0"], "argument --batch: 0 is not allowed: it must be an integer >= 1"),
+    (["--warmup", "-1"], "argument --warmup: -1 is not allowed: it must be an integer >= 0"),
+    (["--device", "tpu0"], "is not a torch device"),
+    (["--gates", "half"], "paths:F or cells:F"),
+])
+def test_bad_arguments_name_the_flag_and_the_fix(capsys, bad, message):
+    with pytest.raises(SystemExit):
+        _tool().parse_args(["--device", "cpu"] + bad)
+    assert message in capsys.readouterr().err
+
+
+def test_cpu_peak_memory_counts_tensor_bytes_of_the_call():
+    from dyn_seg.benchmark.harness import peak_memory
+
+    def step():
+        a = torch.ones(1024, 1024)  # 4 MiB
+        b = a * 2  # 4 MiB more while a lives
+        del a
+        return b.sum()
+
+    mem = peak_memory(step, torch.device("cpu"))
+    assert 8.0 <= mem["tensor_peak_mb"] < 9.0
+    assert mem["process_peak_rss_mb"] > mem["tensor_peak_mb"]
+
+
+def test_training_records_tensor_peak_memory_with_and_without_checkpointing(capsys):
+    _tool().main(["--device", "cpu", "--task", "train", "--train-size", "64", "64",
+                  "--train-batch", "2", "--warmup", "0", "--iters", "1",
+                  "--train-modes", "faithful", "checkpoint"] + TINY)
+    records = _lines(capsys)[1:]
+    assert [r["mode"] for r in records] == ["faithful", "checkpoint"]
+    for r in records:
+        assert r["tensor_peak_mb"] > 0 and "profiler" in r["memory_method"]
+    assert records[1].get("bridge") or records[1]["options"].get("checkpoint")
+
+
+def test_profile_task_names_the_most_expensive_operators(capsys):
+    _tool().main(["--device", "cpu", "--task", "profile", "--size", "64", "128", "--iters", "1",
+                  "--modes", "fast", "--calibrate", "0"] + TINY)
+    (record,) = _lines(capsys)[1:]
+    assert record["task"] == "profile" and record["wall_ms_per_call"] > 0
+    times = [k["ms_per_call"] for k in record["top_kernels"]]
+    assert times and times == sorted(times, reverse=True)
+    assert "device_busy_share" not in record  # no separate device on a CPU
+
+
+def test_busy_share_is_the_union_of_intervals():
+    from dyn_seg.benchmark.profiling import busy_share
+
+    assert busy_share([(0, 2), (1, 3), (5, 6), (5.5, 5.8)], 10) == pytest.approx(0.4)
+    assert busy_share([], 10) == 0.0
+
+
 @pytest.mark.parametrize("config", ["PanopticDeepLab-Tiny", "MaskRCNN-Tiny"])
 def test_panoptic_and_instance_models_are_benchmarked_end_to_end(config, capsys):
     """Task models: latency of model(inputs) per mode, the routed network's share, the

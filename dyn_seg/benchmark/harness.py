@@ -10,18 +10,23 @@ Every mode is measured side by side on the same weights and input: the runs of a
 are interleaved (one run of each, repeated), so that load on the machine affects them
 alike, and the median after warm-up is reported. Inference modes add their agreement with
 the faithful eager path (largest absolute logit difference, share of equal argmax).
+
+Every mode is measured side by side on the same weights and input: the runs of all modes
+are interleaved (one run of each, repeated), so that load on the machine affects them
+alike, and the median after warm-up is reported. Inference modes add their agreement with
+the faithful eager path (largest absolute logit difference, share of equal argmax).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
 import functools
 import platform
 import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -33,10 +38,16 @@ from dyn_seg.modeling.transforms import (
     FastInference,
     InferenceCopy,
     InferenceOptions,
-    TrainingOptions,
     prepare_for_training,
 )
 
+from .modes import (
+    INFERENCE_MODE_SPECS,
+    TRAINING_MODE_SPECS,
+    UnavailableMode,
+    available,
+    resolve,
+)
 from .patterns import apply_gate_pattern, calibrate_batch_norm, random_gate_pattern
 
 __all__ = [
@@ -46,36 +57,17 @@ __all__ = [
     "benchmark_inference",
     "benchmark_model_inference",
     "benchmark_training",
+    "build_inference",
     "device_name",
     "parse_gates",
+    "peak_memory",
     "prepare_weights",
+    "random_images",
 ]
 
-# Cumulative steps: each mode adds one optimisation to the previous one.
-INFERENCE_MODES: Dict[str, Optional[InferenceOptions]] = {
-    "faithful": None,
-    "fast-base": InferenceOptions(fold_bn=False, channels_last=False, skip_closed_paths=False,
-                                  per_image_routing=False),
-    "fast-fold": InferenceOptions(channels_last=False, skip_closed_paths=False,
-                                  per_image_routing=False),
-    "fast-fold-cl": InferenceOptions(skip_closed_paths=False, per_image_routing=False),
-    "fast-fold-cl-skip": InferenceOptions(per_image_routing=False),
-    "fast": InferenceOptions(),
-    "fast-bf16": InferenceOptions(bf16=True),
-    "fast-compile": InferenceOptions(compile="inductor"),
-    # CUDA graphs: one graph per static module and input shape (sub-batch size)
-    "fast-compile-graphs": InferenceOptions(compile="inductor", compile_mode="reduce-overhead"),
-}
-# (transforms, bfloat16 autocast as detectron2's AMPTrainer runs it)
-TRAINING_MODES: Dict[str, Tuple[TrainingOptions, bool]] = {
-    "faithful": (TrainingOptions(), False),
-    "channels_last": (TrainingOptions(channels_last=True), False),
-    "bf16": (TrainingOptions(), True),
-    "channels_last-bf16": (TrainingOptions(channels_last=True), True),
-    "compile": (TrainingOptions(compile="inductor"), False),
-    "channels_last-bf16-compile": (TrainingOptions(channels_last=True, compile="inductor"),
-                                   True),
-}
+# name -> ModeSpec (dyn_seg.benchmark.modes): every mode, available in this version or not
+INFERENCE_MODES = INFERENCE_MODE_SPECS
+TRAINING_MODES = TRAINING_MODE_SPECS
 GIGA_PER_MEGA = 1e-3
 
 
@@ -157,17 +149,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@contextlib.contextmanager
-def _peak_memory(device: torch.device) -> Iterator[dict]:
-    """Peak memory of the enclosed code (CUDA: allocator peak; CPU: process peak RSS)."""
+def peak_memory(fn: Callable[[], object], device: torch.device) -> dict:
+    """Peak memory of one call of ``fn``, relative to before the call.
+
+    CUDA: the caching allocator's peak (``peak_memory_mb``). CPU: torch has no CPU memory
+    statistics, so the call runs under ``torch.profiler`` with ``profile_memory=True`` and
+    the largest sum of tensor bytes allocated minus freed through torch's CPU allocator
+    during the call is reported (``tensor_peak_mb``; Python objects excluded; tensors made
+    before the call and freed in it are not subtracted, the profiler sees no size for
+    them, so this is an upper bound of what the call itself needs), beside the process's
+    peak resident set
+    (``process_peak_rss_mb``, ``ru_maxrss``: whole process, never decreases, so it is only
+    an upper bound for the first mode measured).
+    """
     out: dict = {}
     if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-    yield out
-    if device.type == "cuda":
+        fn()
+        _sync(device)
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    else:  # ru_maxrss is in KiB on Linux; whole process, never decreases
-        out["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out["peak_memory_above_start_mb"] = (torch.cuda.max_memory_allocated(device)
+                                             - base) / 2**20
+        return out
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        if e.device_type() == torch.autograd.DeviceType.CPU:
+            current += e.nbytes()
+            peak = max(peak, current)
+    out["tensor_peak_mb"] = peak / 2**20
+    out["memory_method"] = "torch.profiler CPU allocator events (tensor bytes)"
+    out["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
 
 
 def _interleaved(runs: Dict[str, Callable[[], object]], warmup: int, iters: int,
@@ -211,6 +231,7 @@ class _InferenceMode:
     options: Optional[InferenceOptions]
     run: Callable[[], tuple]
     build_s: float
+    bridge: str = ""
 
 
 def _faithful_inference(model: nn.Module, images: torch.Tensor) -> Callable[[], tuple]:
@@ -223,40 +244,69 @@ def _faithful_inference(model: nn.Module, images: torch.Tensor) -> Callable[[], 
     return run
 
 
+def _check_modes(kind: str, modes: Sequence[str], device: torch.device) -> None:
+    """Unknown or unavailable modes: one error naming each and why."""
+    table = INFERENCE_MODES if kind == "inference" else TRAINING_MODES
+    unknown = [m for m in modes if m not in table]
+    if unknown:
+        label = "inference" if kind == "inference" else "training"
+        raise ValueError(f"Unknown {label} modes {unknown}; known: {list(table)}.")
+    _, missing = available(kind, modes, device)
+    if missing:
+        raise UnavailableMode("; ".join(missing.values()) + " (tools/benchmark.py "
+                              "--skip-unavailable measures the others)")
+
+
+def random_images(batch: int, size: Tuple[int, int], device: torch.device, seed: int
+                  ) -> torch.Tensor:
+    """The benchmark's normalised input batch (``batch``, 3, *size)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    return (torch.randn(batch, 3, *size, generator=g) * 50).to(device)
+
+
+def build_inference(model: nn.Module, modes: Sequence[str], images: torch.Tensor
+                    ) -> List[_InferenceMode]:
+    """One runnable per mode (faithful: the model's modules; others: an inference copy)."""
+    device = images.device
+    _check_modes("inference", modes, device)
+    model.eval()
+    built: List[_InferenceMode] = []
+    for name in modes:
+        mode = resolve("inference", name, device)
+        start = time.perf_counter()
+        if mode.options is None:
+            run = _faithful_inference(model, images)
+        else:
+            copy_ = InferenceCopy(model, mode.options)
+            if mode.adapt is not None:
+                mode.adapt(copy_)
+            run = functools.partial(copy_, images)
+        built.append(_InferenceMode(name, mode.options, run, time.perf_counter() - start,
+                                    mode.bridge))
+    return built
+
+
 def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int, int],
                         batch: int, warmup: int, iters: int, seed: int = 0) -> List[dict]:
     """One record per mode: latency of backbone + decoder (with the routing record and its
-    FLOPs) on a random normalised batch (``batch``, 3, *size), real GFLOPs per image, and
-    agreement with the faithful path."""
-    unknown = [m for m in modes if m not in INFERENCE_MODES]
-    if unknown:
-        raise ValueError(f"Unknown inference modes {unknown}; known: {list(INFERENCE_MODES)}.")
+    FLOPs) on a random normalised batch (``batch``, 3, *size), real GFLOPs per image,
+    agreement with the faithful path, first-call time (compilation, capture) and peak
+    memory of a later call (:func:`peak_memory`)."""
     if not _is_segmentor(model):
         return benchmark_model_inference(model, modes, size, batch, warmup, iters, seed)
     device = model.pixel_mean.device
-    model.eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    images = (torch.randn(batch, 3, *size, generator=g) * 50).to(device)
-    built: List[_InferenceMode] = []
-    for name in modes:
-        options = INFERENCE_MODES[name]
-        start = time.perf_counter()
-        if options is None:
-            run = _faithful_inference(model, images)
-        else:
-            run = functools.partial(InferenceCopy(model, options), images)
-        built.append(_InferenceMode(name, options, run, time.perf_counter() - start))
+    images = random_images(batch, size, device, seed)
+    built = build_inference(model, modes, images)
 
     reference = _faithful_inference(model, images)()[0]
     all_open = all_open_real_gflops(model, model.backbone.counting_size(images))
     outputs, memory = {}, {}
-    for mode in built:  # first call: outputs, memory, and (with compile) the compilation
-        with _peak_memory(device) as mem:
-            start = time.perf_counter()
-            outputs[mode.name] = mode.run()
-            _sync(device)
-            mem["first_call_s"] = time.perf_counter() - start
-        memory[mode.name] = mem
+    for mode in built:  # first call: outputs and (with compile / capture) the compilation
+        start = time.perf_counter()
+        outputs[mode.name] = mode.run()
+        _sync(device)
+        first = time.perf_counter() - start
+        memory[mode.name] = {"first_call_s": first, **peak_memory(mode.run, device)}
     times = _interleaved({m.name: m.run for m in built}, warmup, iters, device)
 
     records = []
@@ -281,6 +331,7 @@ def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int,
             "build_s": mode.build_s,
             **memory[mode.name],
             "options": mode.options.describe() if mode.options is not None else None,
+            **({"bridge": mode.bridge} if mode.bridge else {}),
         }
         if base is not None:
             record["speedup_vs_faithful"] = base / statistics.median(times[mode.name])
@@ -309,8 +360,9 @@ def benchmark_model_inference(model: nn.Module, modes: Sequence[str], size: Tupl
         network.register_forward_hook(
             lambda m, a, o: network_times.append(time.perf_counter() - started.pop())),
     ]
-    engines = {name: (None if INFERENCE_MODES[name] is None
-                      else FastInference(INFERENCE_MODES[name])) for name in modes}
+    resolved = {name: resolve("inference", name, device) for name in modes}
+    engines = {name: (None if mode.options is None else FastInference(mode.options))
+               for name, mode in resolved.items()}
 
     def runner(engine):
         def run():
@@ -323,12 +375,11 @@ def benchmark_model_inference(model: nn.Module, modes: Sequence[str], size: Tupl
     try:
         outputs, memory, network_ms = {}, {}, {}
         for name, run in runs.items():  # first call: builds the inference copy
-            with _peak_memory(device) as mem:
-                start = time.perf_counter()
-                outputs[name] = run()
-                _sync(device)
-                mem["first_call_s"] = time.perf_counter() - start
-            memory[name] = mem
+            start = time.perf_counter()
+            outputs[name] = run()
+            _sync(device)
+            memory[name] = {"first_call_s": time.perf_counter() - start,
+                            **peak_memory(run, device)}
         per_mode = {name: [] for name in runs}
 
         def timed(name, run):
@@ -404,43 +455,56 @@ def _training_batch(size: Tuple[int, int], batch: int, classes: int, device: tor
     ]
 
 
+def _training_step(model: nn.Module, name: str, data: List[dict]) -> Callable[[], object]:
+    """One training step of mode ``name`` on its own copy of ``model``: forward, losses,
+    backward, SGD step."""
+    device = model.pixel_mean.device
+    mode = resolve("train", name, device)
+    options, bf16 = mode.options, mode.bf16
+    replica = prepare_for_training(copy.deepcopy(model).train(), options)
+    if mode.adapt is not None:
+        mode.adapt(replica)
+    replica.step_rate = 0.5
+    optimizer = torch.optim.SGD(replica.parameters(), lr=1e-6, momentum=0.9)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses = replica(data)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return total
+
+    step.replica = replica
+    step.replica_options = dataclasses.asdict(options)
+    step.bridge = mode.bridge
+    step.bf16 = bf16
+    return step
+
+
 def benchmark_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, int],
                        batch: int, warmup: int, iters: int, seed: int = 0) -> List[dict]:
     """One record per mode: seconds per training step (forward, losses, backward, SGD step)
-    on a random batch, images per second, and memory. Each mode trains its own copy."""
-    unknown = [m for m in modes if m not in TRAINING_MODES]
-    if unknown:
-        raise ValueError(f"Unknown training modes {unknown}; known: {list(TRAINING_MODES)}.")
+    on a random batch, images per second, first-step time (compilation) and peak memory of
+    a later step (:func:`peak_memory`). Each mode trains its own copy."""
     if not _is_segmentor(model):
         raise ValueError(
             f"--task train measures semantic segmentors only; {type(model).__name__} needs "
             "its task's targets: use --task inference (or train it with train_net.py)."
         )
     device = model.pixel_mean.device
+    _check_modes("train", modes, device)
     classes = model.sem_seg_head.predictor.out_channels
     data = _training_batch(size, batch, classes, device, seed)
     steps, memory = {}, {}
     for name in modes:
-        options, bf16 = TRAINING_MODES[name]
-        replica = prepare_for_training(copy.deepcopy(model).train(), options)
-        replica.step_rate = 0.5
-        optimizer = torch.optim.SGD(replica.parameters(), lr=1e-6, momentum=0.9)
-
-        def step(replica=replica, optimizer=optimizer, bf16=bf16):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses = replica(data)
-            total = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            return total
-
-        with _peak_memory(device) as mem:
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            mem["first_call_s"] = time.perf_counter() - start
-        steps[name], memory[name] = step, mem
+        step = _training_step(model, name, data)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        first = time.perf_counter() - start
+        steps[name], memory[name] = step, {"first_call_s": first, **peak_memory(step, device)}
     times = _interleaved(steps, warmup, iters, device)
     base = statistics.median(times["faithful"]) if "faithful" in times else None
     records = []
@@ -454,8 +518,8 @@ def benchmark_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, 
             **_stats(times[name]),
             "images_per_s": batch / med,
             **memory[name],
-            "options": {**TRAINING_MODES[name][0].__dict__,
-                        "bf16_autocast": TRAINING_MODES[name][1]},
+            "options": {**steps[name].replica_options, "bf16_autocast": steps[name].bf16},
+            **({"bridge": steps[name].bridge} if steps[name].bridge else {}),
         }
         if base is not None:
             record["speedup_vs_faithful"] = base / med
