@@ -36,7 +36,8 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # WarmupPolyLR schedule (SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR") the trainer uses.
     add_deeplab_config(_C)
     # Keys of detectron2's Panoptic-DeepLab project (MODEL.INS_EMBED_HEAD, MODEL.PANOPTIC_DEEPLAB,
-    # INPUT.GAUSSIAN_SIGMA, ...), read by DynamicPanopticDeepLab (dyn_seg.modeling.panoptic).
+    # INPUT.GAUSSIAN_SIGMA, ...), read by DynamicPanopticDeepLab
+    # (dyn_seg.modeling.meta_arch.panoptic).
     if "INS_EMBED_HEAD" not in _C.MODEL:
         from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
 
@@ -49,7 +50,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # DeepLab project sets "ADAM" by default, dyn_seg keeps the paper's SGD unless asked.
     _C.SOLVER.OPTIMIZER = "SGD"
 
-    # Operations summed inside every cell (see dyn_seg.modeling.ops for the known names).
+    # Operations summed inside every cell (see dyn_seg.modeling.routing.ops for the known names).
     _C.MODEL.BACKBONE.CELL_TYPE = ["sep_conv_3x3", "skip_connect"]
     # Number of routed layers L (16 or 33 in the paper).
     _C.MODEL.BACKBONE.LAYER_NUM = 16
@@ -100,7 +101,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # gives the right numbers for training crops and full test frames alike.
     _C.INPUT.FIX_SIZE_FOR_FLOPS = []
 
-    # Fast execution (dyn_seg.modeling.plans / transforms). Inference: the fast plan on a
+    # Fast execution (dyn_seg.modeling.execution.plans / transforms). Inference: the fast plan on a
     # transformed copy of the same modules, computing only what the gates open; same
     # outputs within float rounding.
     _C.MODEL.FAST = CN()
@@ -135,7 +136,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # With PLAN graph-dense on CUDA: capture the whole forward pass as a CUDA graph once per
     # input shape and replay it (the host issues one launch per forward pass).
     _C.MODEL.FAST.CUDA_GRAPH = False
-    # Training steps (dyn_seg.modeling.transforms.prepare_for_training): NHWC weights,
+    # Training steps (dyn_seg.modeling.meta_arch.training.prepare_for_training): NHWC weights,
     # torch.compile backend of the static modules ("" off). Mixed precision in training is
     # detectron2's SOLVER.AMP.ENABLED (+ SOLVER.AMP.PRECISION).
     _C.MODEL.FAST.TRAIN_CHANNELS_LAST = False
@@ -162,7 +163,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # beside the mIoU of detectron2's SemSegEvaluator on Cityscapes-type datasets.
     _C.TEST.CITYSCAPES_OFFICIAL_EVAL = True
 
-    # Context head (dyn_seg.modeling.context_heads.DynamicContextSemSegHead).
+    # Context head (dyn_seg.modeling.heads.context.DynamicContextSemSegHead).
     _C.MODEL.SEM_SEG_HEAD.CONTEXT = CN()
     # Context module on the coarsest feature: "PSP" (pyramid pooling, PSPNet) or "ASPP"
     # (atrous spatial pyramid pooling, DeepLabV3).
@@ -176,7 +177,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # ASPP: dropout on its output during training (DeepLab uses 0.1).
     _C.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DROPOUT = 0.0
 
-    # Classification (dyn_seg.modeling.classification.DynamicClassifier, ImageNet
+    # Classification (dyn_seg.modeling.meta_arch.classification.DynamicClassifier, ImageNet
     # pretraining of the backbone).
     _C.MODEL.CLASSIFIER = CN()
     # Number of classes (1000 for ImageNet-1k).

@@ -118,7 +118,7 @@ def test_sweep_config_budget_is_a_share_of_its_own_cells():
     from detectron2.modeling import build_model
 
     from dyn_seg import get_dyn_seg_cfg
-    from dyn_seg.modeling.analysis import all_open_flops
+    from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 
     cfg = get_dyn_seg_cfg(CONFIG)
     cfg.MODEL.DEVICE = "cpu"

@@ -23,7 +23,7 @@ from detectron2.utils.events import EventStorage
 from test_reference_parity import LOGIT_RTOL, reference_cfg
 
 from dyn_seg.checkpoint import convert_reference_state_dict
-from dyn_seg.modeling.transforms import InferenceCopy, InferenceOptions
+from dyn_seg.modeling.network.transforms import InferenceCopy, InferenceOptions
 
 DEVICE = os.environ.get("DYN_SEG_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE == "cuda"
@@ -205,7 +205,8 @@ def test_bf16_inference_agrees_with_faithful_argmax_on_trained_network():
 
 
 def _train_losses(model, steps, bf16, channels_last):
-    from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
+    from dyn_seg.modeling.meta_arch.training import prepare_for_training
+    from dyn_seg.modeling.network.transforms import TrainingOptions
 
     model = prepare_for_training(copy.deepcopy(model).train(),
                                  TrainingOptions(channels_last=channels_last))

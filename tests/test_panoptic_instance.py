@@ -122,7 +122,7 @@ def test_budget_and_flops_same_for_every_meta_arch(arch, datasets, tmp_path):
 
     import dyn_seg.modeling  # noqa: F401
     from dyn_seg.engine import Trainer
-    from dyn_seg.modeling.routed import find_routed_network
+    from dyn_seg.modeling.meta_arch.routed import find_routed_network
 
     config, task = ARCHS[arch]
     budget = ["MODEL.BUDGET.CONSTRAIN", "True", "MODEL.FAST.ENABLED", "False"]

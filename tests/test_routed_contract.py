@@ -1,4 +1,4 @@
-"""One contract for every routed meta-architecture (dyn_seg.modeling.routed.RoutedModel):
+"""One contract for every routed meta-architecture (dyn_seg.modeling.meta_arch.routed.RoutedModel):
 outputs, FLOPs at the one counting size, budget loss, input checks, execution plans,
 explicit routing (no replaced ``forward``), training compile."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from detectron2.utils.events import EventStorage
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.benchmark.patterns import apply_gate_pattern, random_gate_pattern
-from dyn_seg.modeling.routed import RoutedModel
+from dyn_seg.modeling.meta_arch.routed import RoutedModel
 
 REPO = Path(__file__).resolve().parents[1]
 # every routed meta-architecture with the same small routed network (LAYER_NUM 3) and gates
@@ -160,7 +160,7 @@ def test_plain_detectron2_head_runs_on_the_routed_backbone_with_closed_paths(fas
     from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 
     from dyn_seg.modeling import build_dynamic_routing_backbone
-    from dyn_seg.modeling.transforms import FastInference
+    from dyn_seg.modeling.network.transforms import FastInference
 
     cfg = get_dyn_seg_cfg("", SMALL)
     network = build_dynamic_routing_backbone(cfg, None).eval()

@@ -277,7 +277,7 @@ def test_start_up_warns_about_a_crop_larger_than_the_images_and_a_wrong_flops_al
     from detectron2.data import DatasetCatalog
 
     from dyn_seg.engine.startup_checks import run_startup_checks
-    from dyn_seg.modeling.analysis import all_open_flops
+    from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 
     name = "startup_check_128x256"
     DatasetCatalog.register(name, lambda: [{"file_name": "x.png", "height": 128, "width": 256}])

@@ -58,10 +58,10 @@ from torch import nn
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.modeling.analysis import all_open_flops
-from dyn_seg.modeling.gate import SoftGate
-from dyn_seg.modeling.routed import RoutedModel, routed_model
-from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
+from dyn_seg.modeling.cost.stats import open_path_counts, open_rates
+from dyn_seg.modeling.meta_arch.analysis import all_open_flops
+from dyn_seg.modeling.meta_arch.routed import RoutedModel, routed_model
+from dyn_seg.modeling.routing.gate import SoftGate
 from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
 
 logger = logging.getLogger("dyn_seg.analyze_model")

@@ -41,7 +41,7 @@ from PIL import Image
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.data.reader import DatasetFileError, check_image_array, read_image_file
-from dyn_seg.modeling.routed import routed_model
+from dyn_seg.modeling.meta_arch.routed import routed_model
 from dyn_seg.utils.cli import (
     add_weights_and_opts,
     find_images,

@@ -41,7 +41,7 @@ from detectron2.engine import DefaultPredictor
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.data.reader import DatasetFileError, read_image_file
-from dyn_seg.modeling.routed import routed_model
+from dyn_seg.modeling.meta_arch.routed import routed_model
 from dyn_seg.utils.cli import (
     IMAGE_EXTENSIONS,
     add_weights_and_opts,

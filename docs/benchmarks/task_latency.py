@@ -34,7 +34,7 @@ def main() -> None:
 
     from dyn_seg import get_dyn_seg_cfg
     from dyn_seg.benchmark.patterns import apply_gate_pattern, random_gate_pattern
-    from dyn_seg.modeling.routed import find_routed_network
+    from dyn_seg.modeling.meta_arch.routed import find_routed_network
 
     cfg = get_dyn_seg_cfg(a.config, ["MODEL.DEVICE", "cpu"])
     cfg.freeze()

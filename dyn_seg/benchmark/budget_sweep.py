@@ -188,8 +188,8 @@ def network_flops(cfg) -> Dict[str, object]:
     from detectron2.modeling import build_model
 
     from dyn_seg.engine.startup_checks import check_flops_all
-    from dyn_seg.modeling.analysis import all_open_flops
-    from dyn_seg.modeling.routed import routed_model
+    from dyn_seg.modeling.meta_arch.analysis import all_open_flops
+    from dyn_seg.modeling.meta_arch.routed import routed_model
 
     cfg = cfg.clone()
     cfg.MODEL.DEVICE = "cpu"

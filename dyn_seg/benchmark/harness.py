@@ -31,14 +31,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from dyn_seg.modeling.analysis import all_open_flops
-from dyn_seg.modeling.meta_arch import DynamicSemanticSegmentor
-from dyn_seg.modeling.routed import routed_model
-from dyn_seg.modeling.transforms import (
+from dyn_seg.modeling.meta_arch.analysis import all_open_flops
+from dyn_seg.modeling.meta_arch.routed import routed_model
+from dyn_seg.modeling.meta_arch.semantic import DynamicSemanticSegmentor
+from dyn_seg.modeling.meta_arch.training import prepare_for_training
+from dyn_seg.modeling.network.transforms import (
     FastInference,
     InferenceCopy,
     InferenceOptions,
-    prepare_for_training,
 )
 
 from .modes import (

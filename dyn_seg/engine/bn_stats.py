@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import update_bn_stats
 from torch import nn
 
-from dyn_seg.modeling.routed import RoutedModel
+from dyn_seg.modeling.meta_arch.routed import RoutedModel
 
 from .hooks import unwrap_model
 
@@ -29,7 +29,7 @@ def drop_path_off(model: nn.Module) -> Iterator[None]:
     drop path keeps every operation; restore both values afterwards, also on error.
 
     ``model`` may be wrapped (``DistributedDataParallel``); a model that is not a routed
-    model (:class:`~dyn_seg.modeling.routed.RoutedModel`) is left alone.
+    model (:class:`~dyn_seg.modeling.meta_arch.routed.RoutedModel`) is left alone.
     """
     inner = unwrap_model(model)
     holders = [inner, inner.routed_network] if isinstance(inner, RoutedModel) else []

@@ -84,8 +84,8 @@ def check_crop_size(cfg: CfgNode, image_sizes: Sequence[Tuple[int, int]]) -> Opt
 def check_flops_all(cfg: CfgNode, model) -> Optional[str]:
     """A warning when ``MODEL.BUDGET.FLOPS_ALL`` differs from the network's all-open
     expected FLOPs at the counting size by more than :data:`FLOPS_ALL_TOLERANCE`x."""
-    from ..modeling.analysis import all_open_flops
-    from ..modeling.routed import routed_model
+    from ..modeling.meta_arch.analysis import all_open_flops
+    from ..modeling.meta_arch.routed import routed_model
 
     budget = cfg.MODEL.BUDGET
     if not budget.CONSTRAIN:

@@ -14,7 +14,8 @@ from torch import nn
 
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.config import validate_config
-from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
+from dyn_seg.modeling.meta_arch.training import prepare_for_training
+from dyn_seg.modeling.network.transforms import TrainingOptions
 from dyn_seg.tasks import task_for
 
 from .bn_stats import PreciseBNWithoutDropPath

@@ -8,7 +8,8 @@ channels_last, optional bfloat16 (the gates' last layer and the logits stay floa
 optional torch.compile of the static modules, run by the :class:`~.plans.FastPlan`.
 Panoptic, instance and classification heads run unchanged on the copy's features.
 
-Training (:func:`prepare_for_training`, ``MODEL.FAST.TRAIN_*``): channels_last weights and
+Training (``MODEL.FAST.TRAIN_*``, applied by
+:func:`dyn_seg.modeling.meta_arch.training.prepare_for_training`): channels_last weights and
 torch.compile of the static modules, in place; state-dict keys do not change. Mixed
 precision training is detectron2's ``AMPTrainer`` (``SOLVER.AMP.*``); the gates' last layer
 and the losses run in float32 under autocast.
@@ -28,11 +29,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils._pytree import tree_map_only
 
-from .backbone import DynamicNetwork, RoutingRecord
-from .capture import CapturedForward, flatten_record, unflatten_record
-from .gate import SoftGate
-from .plans import FastPlan, GraphPlan
-from .routed import routed_model
+from ..cost.record import RoutingRecord
+from ..execution.capture import CapturedForward, flatten_record, unflatten_record
+from ..execution.plans import FastPlan, GraphPlan
+from ..routing.gate import SoftGate
+from .backbone import DynamicNetwork
 
 __all__ = [
     "COMPILE_MODES",
@@ -44,7 +45,7 @@ __all__ = [
     "compile_modules",
     "fold_batch_norms",
     "fold_conv",
-    "prepare_for_training",
+    "static_modules",
 ]
 
 # torch.compile modes accepted by MODEL.FAST.COMPILE_MODE ("reduce-overhead" adds CUDA graphs)
@@ -287,7 +288,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
-def _static_modules(backbone: nn.Module):
+def static_modules(backbone: nn.Module):
     """The modules between two gate decisions: stem, operations, gate layers, transitions."""
     static = [backbone.stem]
     for cell in backbone.all_cells():
@@ -357,7 +358,7 @@ class InferenceCopy(nn.Module):
             self.program = CapturedForward(fn, o.cuda_graph)
         else:
             # a network alone on a graph plan: the plan runs eagerly, its modules compiled
-            compile_modules(_static_modules(self.backbone), o.compile, o.compile_mode)
+            compile_modules(static_modules(self.backbone), o.compile, o.compile_mode)
             if self.logits is not None:
                 compile_modules([self.logits], o.compile, o.compile_mode)
 
@@ -500,29 +501,3 @@ class TrainingOptions:
         f = cfg.MODEL.FAST
         return cls(f.TRAIN_CHANNELS_LAST, f.TRAIN_COMPILE, f.COMPILE_MODE,
                    f.TRAIN_COMPILE_SCOPE, f.TRAIN_CHECKPOINT)
-
-
-def prepare_for_training(model: nn.Module, cfg) -> nn.Module:
-    """Apply ``MODEL.FAST.TRAIN_*`` to a routed model in place.
-
-    ``cfg``: a config or :class:`TrainingOptions`. channels_last converts the weights
-    (convolutions then run NHWC); compile with scope "modules" compiles the routed network's
-    static modules (stem, operations, gates, transitions) and the model's
-    :meth:`~dyn_seg.modeling.routed.RoutedModel.compiled_heads`, so that a changing
-    ``step_rate`` or drop-path draw never recompiles; with scope "network" the routed
-    network's forward pass is one graph (``fullgraph=True``: the faithful plan has no host
-    decision). checkpoint recomputes each cell in the backward pass. State-dict keys stay
-    the same. Returns ``model``.
-    """
-    options = cfg if isinstance(cfg, TrainingOptions) else TrainingOptions.from_config(cfg)
-    if options.channels_last:
-        model.to(memory_format=torch.channels_last)
-    routed = routed_model(model)
-    network = routed.routed_network
-    network.checkpoint_cells = options.checkpoint
-    if options.compile and options.compile_scope == "network":
-        network.compile_routing(options.compile, options.compile_mode)
-    elif options.compile:
-        compile_modules(_static_modules(network) + routed.compiled_heads(),
-                        options.compile, options.compile_mode)
-    return model

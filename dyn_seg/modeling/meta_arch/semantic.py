@@ -11,11 +11,11 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..config_checks import check_model_config
-from .backbone import DynamicNetwork
-from .budget import BudgetConstraint
+from ...config_checks import check_model_config
+from ..cost.budget import BudgetConstraint
+from ..network.backbone import DynamicNetwork
+from ..network.transforms import FastInference
 from .routed import RoutedModel
-from .transforms import FastInference
 
 __all__ = ["DynamicSemanticSegmentor"]
 

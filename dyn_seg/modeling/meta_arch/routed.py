@@ -13,7 +13,7 @@ A routed model is a meta-architecture whose backbone contains a :class:`DynamicN
   read by :class:`dyn_seg.evaluation.routing.RoutingEvaluator`;
 * in training ``loss_budget`` and the FLOPs / gate statistics of the step in the event
   storage (:meth:`RoutedModel.budget_losses`, :meth:`RoutedModel.log_routing`, both by the
-  model's :class:`~dyn_seg.modeling.budget.BudgetConstraint`);
+  model's :class:`~dyn_seg.modeling.cost.budget.BudgetConstraint`);
 * the input checks at the model's entry (:meth:`RoutedModel.check_inputs`: 3-channel
   images, no NaN/Inf, the bad image named);
 * which execution plan eval-mode ``forward`` runs (:attr:`RoutedModel.execution_plan`,
@@ -44,9 +44,9 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from .backbone import DynamicNetwork, RoutingRecord
-from .budget import BudgetConstraint
-from .flops import MEGA
+from ..cost.budget import BudgetConstraint
+from ..cost.flops import MEGA
+from ..network.backbone import DynamicNetwork, RoutingRecord
 
 __all__ = [
     "RoutedMetaArchMixin",
@@ -195,7 +195,7 @@ class RoutedModel(abc.ABC):
     def dense_head_mflops(self, size: Tuple[int, int]) -> float:
         """MFLOPs of the heads that run once per image whatever it shows (decoder, FPN,
         dense heads) at counting size ``size`` (what whole-network figures such as
-        :func:`dyn_seg.modeling.analysis.all_open_flops` add to the cells)."""
+        :func:`dyn_seg.modeling.meta_arch.analysis.all_open_flops` add to the cells)."""
 
     @abc.abstractmethod
     def trace_heads(self, features: Dict[str, torch.Tensor]):

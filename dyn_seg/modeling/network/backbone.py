@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -11,20 +10,20 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from .cell import Presence, RoutingCell
-from .flops import (
+from ..cost.flops import (
     CellFlops,
-    CellRouting,
     RoutingCosts,
     cell_flops,
     routing_costs,
     routing_flops,
     stem_flops,
 )
-from .layers import ConvSpec, build_convs, depthwise, kaiming_init, pointwise
-from .ops import operation_specs, validate_cell_type
-from .plans import FaithfulPlan
-from .routing_space import (
+from ..cost.record import RoutingRecord, RoutingRecorder
+from ..execution.plans import FaithfulPlan
+from ..routing.cell import RoutingCell
+from ..routing.layers import ConvSpec, build_convs, depthwise, kaiming_init, pointwise
+from ..routing.ops import operation_specs, validate_cell_type
+from ..routing.space import (
     CellSpec,
     RoutingSpaceError,
     build_routing_space,
@@ -55,73 +54,6 @@ def stem_layer_specs(init_channel: int, stem_width: int = 64, separable: bool = 
     ]
 
 
-@dataclass
-class RoutingRecord:
-    """What the routing did for a batch.
-
-    ``routing``: per cell ``(layer, scale)`` (layer -1 = init cell) its gate activations and
-    flags as the plan left them (device tensors for plans that decide on the device);
-    :attr:`cells` is the host-side view. ``expected_flops`` / ``real_flops``: (N,) MFLOPs of
-    the routed cells per image (expected is differentiable through the gates), computed on
-    the device; ``stem_flops``: MFLOPs of the stem (counted in real FLOPs only).
-    ``feature_present``: per output feature whether its cell received anything (a feature
-    that did not is zeros).
-    """
-
-    routing: Dict[Tuple[int, int], CellRouting]
-    expected_flops: torch.Tensor
-    real_flops: torch.Tensor
-    stem_flops: float
-    feature_present: Dict[str, Presence] = field(default_factory=dict)
-    _cells: Optional[Dict[Tuple[int, int], CellRouting]] = field(default=None, repr=False)
-
-    @property
-    def cells(self) -> Dict[Tuple[int, int], CellRouting]:
-        """Per cell: activations (None where the cell received nothing) and whether it was
-        dropped, as host-side bools: read back once, after the forward pass."""
-        if self._cells is None:
-            flags = [f for c in self.routing.values() if c.on_device
-                     for f in (c.dropped, c.present) if isinstance(f, torch.Tensor)]
-            values = iter(torch.stack(flags).tolist()) if flags else iter(())
-            cells = {}
-            for key, c in self.routing.items():
-                if not c.on_device:
-                    cells[key] = c
-                    continue
-                dropped = c.dropped if isinstance(c.dropped, bool) else next(values)
-                present = c.present if isinstance(c.present, bool) else next(values)
-                cells[key] = c.host(dropped, present)
-            self._cells = cells
-        return self._cells
-
-    @property
-    def backbone_flops(self) -> torch.Tensor:
-        """(N,) real MFLOPs of the whole routed network per image: stem + cells."""
-        return self.real_flops.detach() + self.stem_flops
-
-
-class RoutingRecorder:
-    """The explicit channel from a :class:`DynamicNetwork`'s ``forward`` to whoever called
-    the model around it (a meta-architecture whose detectron2 code calls
-    ``self.backbone(images)``): every ``forward`` inside :meth:`DynamicNetwork.recording`
-    appends its :class:`RoutingRecord` and input shape here."""
-
-    def __init__(self):
-        self.calls: List[Tuple[RoutingRecord, Tuple[int, ...]]] = []
-
-    def append(self, record: RoutingRecord, shape: Tuple[int, ...]) -> None:
-        self.calls.append((record, tuple(shape)))
-
-    def single(self, caller: str) -> Tuple[RoutingRecord, Tuple[int, ...]]:
-        """The one ``(record, input shape)`` recorded; an error naming ``caller`` otherwise."""
-        if len(self.calls) != 1:
-            raise RuntimeError(
-                f"{caller} ran its routed backbone {len(self.calls)} times in one forward; "
-                "a routed model's forward runs it exactly once."
-            )
-        return self.calls[0]
-
-
 class DynamicNetwork(Backbone):
     """Stem + init cell + ``layer_num`` layers of routing cells.
 
@@ -130,7 +62,7 @@ class DynamicNetwork(Backbone):
     of its shape, so that any detectron2 head takes them; its :class:`RoutingRecord` goes to
     the recorders of :meth:`recording`. :meth:`forward_with_routing` returns both.
 
-    ``inference``: an optional :class:`~dyn_seg.modeling.transforms.FastInference` (a
+    ``inference``: an optional :class:`~dyn_seg.modeling.network.transforms.FastInference` (a
     plain attribute, never in the state dict). When set, eval-mode ``forward`` runs its
     inference copy of this network (folded norms, the fast plan: closed paths are not
     computed); forward hooks on this module still fire, hooks on its submodules do not
@@ -317,7 +249,8 @@ class DynamicNetwork(Backbone):
     ) -> Tuple[Dict[str, Optional[torch.Tensor]], RoutingRecord]:
         """Run the network on normalised, padded images (N, 3, H, W).
 
-        ``plan``: how to execute (:mod:`dyn_seg.modeling.plans`); None is the faithful plan.
+        ``plan``: how to execute (:mod:`dyn_seg.modeling.execution.plans`); None is the
+        faithful plan.
         Returns the feature dict and the :class:`RoutingRecord` of this batch.
         """
         if x.dim() != 4 or x.shape[1] != 3:

@@ -6,8 +6,8 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
-from .backbone import DynamicNetwork
-from .flops import CellRouting, routing_flops
+from ..cost.flops import CellRouting, routing_flops
+from ..network.backbone import DynamicNetwork
 from .routed import RoutedModel, routed_model
 
 __all__ = ["all_open_flops"]
@@ -16,7 +16,7 @@ __all__ = ["all_open_flops"]
 def all_open_flops(model: nn.Module, size: Tuple[int, int]) -> Dict[str, float]:
     """MFLOPs of one ``size`` = (H, W) image with every gate activation at 1 (all paths open).
 
-    ``model``: a routed model (:class:`~dyn_seg.modeling.routed.RoutedModel`: its
+    ``model``: a routed model (:class:`~dyn_seg.modeling.meta_arch.routed.RoutedModel`: its
     ``dense_head_mflops(size)`` gives the heads), a :class:`DynamicNetwork` alone (no head
     FLOPs), or a plain module holding a segmentor's parts (a network ``backbone`` and a
     decoder ``sem_seg_head`` with ``flops(size)``, as the reference-parity checks build).

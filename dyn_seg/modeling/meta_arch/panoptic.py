@@ -8,9 +8,9 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.panoptic_deeplab import PanopticDeepLab
 from detectron2.structures import ImageList
 
+from ..network.transforms import FastInference
 from .panoptic_any_size import configure_aspp_pooling, forward_any_size
 from .routed import RoutedMetaArchMixin, budget_from_config, count_dense_head_mflops
-from .transforms import FastInference
 
 __all__ = ["DynamicPanopticDeepLab"]
 
@@ -23,7 +23,7 @@ class DynamicPanopticDeepLab(RoutedMetaArchMixin, PanopticDeepLab):
 
     Outputs per image detectron2's ``"panoptic_seg"``, ``"sem_seg"``, ``"instances"`` plus
     ``"flops"`` and ``"routing"``; training adds ``loss_budget`` (see
-    :mod:`dyn_seg.modeling.routed`). Real FLOPs count both heads at the counting size.
+    :mod:`dyn_seg.modeling.meta_arch.routed`). Real FLOPs count both heads at the counting size.
     In eval mode the routed network runs its inference copy on the fast plan
     (``MODEL.FAST.*``), the heads run as detectron2 has them.
     """

@@ -11,14 +11,14 @@ from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, Generaliz
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 
-from .backbone import DynamicNetwork
+from ..network.backbone import DynamicNetwork
+from ..network.transforms import FastInference
 from .routed import (
     RoutedMetaArchMixin,
     budget_from_config,
     count_dense_head_mflops,
     count_module_mflops,
 )
-from .transforms import FastInference
 
 __all__ = ["DynamicRCNN", "build_dynamic_routing_fpn_backbone"]
 
@@ -75,7 +75,7 @@ class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
     """detectron2's ``GeneralizedRCNN`` (RPN, ROI heads, losses, post-processing unchanged)
     with ``build_dynamic_routing_fpn_backbone``; outputs per image ``"instances"`` plus
     ``"flops"`` and ``"routing"``, training adds ``loss_budget``
-    (see :mod:`dyn_seg.modeling.routed`).
+    (see :mod:`dyn_seg.modeling.meta_arch.routed`).
 
     Real FLOPs of the heads: FPN + RPN head at the counting size, the box head (and
     predictor) once per proposal of the image, the mask head once per detection (at

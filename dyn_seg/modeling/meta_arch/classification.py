@@ -18,11 +18,11 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from .backbone import DynamicNetwork
-from .budget import BudgetConstraint
-from .flops import MEGA, scale_size
+from ..cost.budget import BudgetConstraint
+from ..cost.flops import MEGA, scale_size
+from ..network.backbone import DynamicNetwork
+from ..network.transforms import FastInference
 from .routed import RoutedMetaArchMixin
-from .transforms import FastInference
 
 __all__ = [
     "DynamicClassifier",
@@ -134,7 +134,8 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
 
     Inference adds per image ``"flops": {"real", "expected", "backbone"}`` GFLOPs and
     ``"routing"`` (gate activations per cell); training adds ``loss_budget`` when active,
-    through the mechanism every routed meta-architecture shares (:mod:`dyn_seg.modeling.routed`).
+    through the mechanism every routed meta-architecture shares
+    (:mod:`dyn_seg.modeling.meta_arch.routed`).
     ``MODEL.GATE.GATE_ON False`` gives the paper's Network-Fix; with gates,
     ``MODEL.BUDGET.*`` adds the same budget loss as segmentation. Real FLOPs = cells + stem
     + the pooling / linear head.

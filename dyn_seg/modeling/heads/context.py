@@ -12,7 +12,7 @@ level on its top-down pass:
 * ``"ASPP"``: detectron2's :class:`~detectron2.layers.ASPP` (DeepLabV3) with C output
   channels.
 
-FLOPs follow the project's counting rules (:mod:`dyn_seg.modeling.flops`) on the true map
+FLOPs follow the project's counting rules (:mod:`dyn_seg.modeling.cost.flops`) on the true map
 size of the coarsest stride: adaptive average pooling costs ``H*W*C`` (every input element
 is read once), upsampling and concatenation are free, biases are not counted.
 """
@@ -27,9 +27,9 @@ from detectron2.layers import ASPP, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from .flops import MEGA, conv_flops, scale_size
-from .layers import ConvSpec, build_conv, kaiming_init, pointwise
-from .sem_seg_head import DynamicSemSegHead, decode
+from ..cost.flops import MEGA, conv_flops, scale_size
+from ..routing.layers import ConvSpec, build_conv, kaiming_init, pointwise
+from .sem_seg import DynamicSemSegHead, decode
 
 __all__ = [
     "CONTEXT_MODULES",
