@@ -10,10 +10,9 @@ Datasets are read from $DETECTRON2_DATASETS (export it before running). With
 ``--num-gpus N`` on a machine without GPUs, N CPU processes train together (gloo).
 The training logic lives in :mod:`dyn_seg.engine`.
 """
-import warnings
+import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+# isort: split
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results

@@ -10,11 +10,6 @@ same parameters does nothing. The absolute ROOT is the only thing printed on std
 """
 from __future__ import annotations
 
-import warnings
-
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
-
 import argparse
 import os
 import sys
@@ -46,10 +41,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Generate the dataset and print its root."""
     args = parse_args(argv)
     try:
-        from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+        from dyn_seg.synthetic import generate_synthetic_cityscapes
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+        from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     try:
         root = generate_synthetic_cityscapes(

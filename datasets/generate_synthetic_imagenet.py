@@ -11,11 +11,6 @@ thing printed on stdout, so::
 """
 from __future__ import annotations
 
-import warnings
-
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
-
 import argparse
 import os
 import sys

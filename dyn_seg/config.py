@@ -15,9 +15,6 @@ from typing import List, Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
-from .modeling.classification import add_classification_config
-from .modeling.context_heads import add_context_head_config
-
 #: Config file (under ``configs/``) with detectron2's keys set to build a Dynamic Routing model.
 BASE_CONFIG = "Base-DynamicRouting.yaml"
 
@@ -39,7 +36,8 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # WarmupPolyLR schedule (SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR") the trainer uses.
     add_deeplab_config(_C)
     # Keys of detectron2's Panoptic-DeepLab project (MODEL.INS_EMBED_HEAD, MODEL.PANOPTIC_DEEPLAB,
-    # INPUT.GAUSSIAN_SIGMA, ...), read by DynamicPanopticDeepLab (dyn_seg.modeling.panoptic).
+    # INPUT.GAUSSIAN_SIGMA, ...), read by DynamicPanopticDeepLab
+    # (dyn_seg.modeling.meta_arch.panoptic).
     if "INS_EMBED_HEAD" not in _C.MODEL:
         from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
 
@@ -52,7 +50,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # DeepLab project sets "ADAM" by default, dyn_seg keeps the paper's SGD unless asked.
     _C.SOLVER.OPTIMIZER = "SGD"
 
-    # Operations summed inside every cell (see dyn_seg.modeling.ops for the known names).
+    # Operations summed inside every cell (see dyn_seg.modeling.routing.ops for the known names).
     _C.MODEL.BACKBONE.CELL_TYPE = ["sep_conv_3x3", "skip_connect"]
     # Number of routed layers L (16 or 33 in the paper).
     _C.MODEL.BACKBONE.LAYER_NUM = 16
@@ -103,7 +101,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # gives the right numbers for training crops and full test frames alike.
     _C.INPUT.FIX_SIZE_FOR_FLOPS = []
 
-    # Fast execution (dyn_seg.modeling.plans / transforms). Inference: the fast plan on a
+    # Fast execution (dyn_seg.modeling.execution.plans / transforms). Inference: the fast plan on a
     # transformed copy of the same modules, computing only what the gates open; same
     # outputs within float rounding.
     _C.MODEL.FAST = CN()
@@ -138,7 +136,7 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # With PLAN graph-dense on CUDA: capture the whole forward pass as a CUDA graph once per
     # input shape and replay it (the host issues one launch per forward pass).
     _C.MODEL.FAST.CUDA_GRAPH = False
-    # Training steps (dyn_seg.modeling.transforms.prepare_for_training): NHWC weights,
+    # Training steps (dyn_seg.modeling.meta_arch.training.prepare_for_training): NHWC weights,
     # torch.compile backend of the static modules ("" off). Mixed precision in training is
     # detectron2's SOLVER.AMP.ENABLED (+ SOLVER.AMP.PRECISION).
     _C.MODEL.FAST.TRAIN_CHANNELS_LAST = False
@@ -164,8 +162,36 @@ def add_dynamic_routing_config(cfg: CN) -> CN:
     # Also run cityscapesscripts' official evaluation (reported as "cityscapes_sem_seg")
     # beside the mIoU of detectron2's SemSegEvaluator on Cityscapes-type datasets.
     _C.TEST.CITYSCAPES_OFFICIAL_EVAL = True
-    add_context_head_config(_C)  # MODEL.SEM_SEG_HEAD.CONTEXT.*
-    add_classification_config(_C)  # MODEL.CLASSIFIER.*, INPUT.CLASSIFICATION.*
+
+    # Context head (dyn_seg.modeling.heads.context.DynamicContextSemSegHead).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT = CN()
+    # Context module on the coarsest feature: "PSP" (pyramid pooling, PSPNet) or "ASPP"
+    # (atrous spatial pyramid pooling, DeepLabV3).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.NAME = "PSP"
+    # PSP: output sizes of the adaptive average poolings (PSPNet's 1, 2, 3, 6).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.PSP_BINS = [1, 2, 3, 6]
+    # ASPP: dilations of its three 3x3 convolutions. DeepLabV3 uses (6, 12, 18) at output
+    # stride 16 and doubles them at stride 8; on this head's stride-32 feature the same
+    # field of view in pixels is (3, 6, 9).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DILATIONS = [3, 6, 9]
+    # ASPP: dropout on its output during training (DeepLab uses 0.1).
+    _C.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DROPOUT = 0.0
+
+    # Classification (dyn_seg.modeling.meta_arch.classification.DynamicClassifier, ImageNet
+    # pretraining of the backbone).
+    _C.MODEL.CLASSIFIER = CN()
+    # Number of classes (1000 for ImageNet-1k).
+    _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    # Backbone features that are globally average-pooled and concatenated before the linear
+    # classifier; the coarsest (stride 32) one by default.
+    _C.MODEL.CLASSIFIER.IN_FEATURES = ["layer_3"]
+    _C.INPUT.CLASSIFICATION = CN()
+    # Training: random resized crop to CROP_SIZE x CROP_SIZE covering MIN_SCALE..1 of the
+    # image area (aspect ratio 3/4..4/3), then a horizontal flip with probability 0.5.
+    _C.INPUT.CLASSIFICATION.CROP_SIZE = 224
+    _C.INPUT.CLASSIFICATION.MIN_SCALE = 0.08
+    # Testing: resize the short edge to TEST_RESIZE, then a centre crop of CROP_SIZE.
+    _C.INPUT.CLASSIFICATION.TEST_RESIZE = 256
     return cfg
 
 

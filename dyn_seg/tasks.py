@@ -1,9 +1,14 @@
-"""Data and evaluation of the tasks beyond semantic segmentation.
+"""Task knowledge in one place: the registry :data:`TASKS`, keyed by meta-architecture.
 
-The trainer asks :func:`task_of` which task a config trains (from
-``MODEL.META_ARCHITECTURE``) and, for ``"panoptic"`` and ``"instance"``, takes its train
-loader, test loader and evaluators from here; semantic segmentation keeps the trainer's own.
+Each :class:`Task` names what differs between the tasks a routed model can be trained on:
+its data (train and test loaders, with their mappers), its evaluators, whether
+test-time augmentation applies, and how a prediction is drawn (``overlay``). The trainer's
+``build_train_loader`` / ``build_test_loader`` / ``build_evaluator`` / ``test_with_TTA``,
+the demo and the visualiser read it through :func:`task_for`.
 
+* semantic (``DynamicSemanticSegmentor``): dyn_seg's ``DynSegDatasetMapper`` with the
+  paper's augmentations; mIoU (+ the official Cityscapes evaluation), GFLOPs and gates;
+  multi-scale + flip TTA;
 * panoptic (``DynamicPanopticDeepLab``): detectron2's ``PanopticDeeplabDatasetMapper``
   (centre / offset targets) for training, detectron2's ``DatasetMapper`` for testing, both
   with checked reading (:mod:`dyn_seg.data.task_mappers`);
@@ -13,12 +18,15 @@ loader, test loader and evaluators from here; semantic segmentation keeps the tr
 * instance (``DynamicRCNN``): detectron2's ``DatasetMapper`` with instance masks (checked
   reading and annotations);
   evaluators: COCO-style AP / AP50 by ``CityscapesInstanceEvaluator`` (Cityscapes datasets)
-  or ``COCOEvaluator`` (others), GFLOPs and gates.
+  or ``COCOEvaluator`` (others), GFLOPs and gates;
+* classification (``DynamicClassifier``): image-level labels (``dyn_seg.data.imagenet``);
+  top-1 / top-5, GFLOPs.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import (
@@ -40,16 +48,14 @@ from dyn_seg.evaluation.routing import RoutingEvaluator
 __all__ = [
     "CityscapesInstanceAPEvaluator",
     "PanopticSemSegEvaluator",
-    "PANOPTIC_META_ARCHS",
-    "INSTANCE_META_ARCHS",
+    "TASKS",
+    "Task",
     "build_task_evaluator",
     "build_task_test_loader",
     "build_task_train_loader",
+    "task_for",
     "task_of",
 ]
-
-PANOPTIC_META_ARCHS = ("DynamicPanopticDeepLab",)
-INSTANCE_META_ARCHS = ("DynamicRCNN",)
 
 
 class PanopticSemSegEvaluator(SemSegEvaluator):
@@ -99,76 +105,175 @@ class CityscapesInstanceAPEvaluator(CityscapesInstanceEvaluator):
             cs_eval.writeDict2JSON = original
 
 
-def task_of(cfg: CfgNode) -> str:
-    """``"panoptic"``, ``"instance"`` or ``"semantic"`` (any other meta-architecture)."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch in PANOPTIC_META_ARCHS:
-        return "panoptic"
-    if arch in INSTANCE_META_ARCHS:
-        return "instance"
-    return "semantic"
+# ---- semantic segmentation ----------------------------------------------------------------
+def _semantic_train_loader(cfg: CfgNode):
+    from dyn_seg.data.robust_mapper import DynSegDatasetMapper
+    from dyn_seg.engine.augmentation import build_train_augmentations
+
+    mapper = DynSegDatasetMapper(cfg, is_train=True,
+                                 augmentations=build_train_augmentations(cfg))
+    return build_detection_train_loader(cfg, mapper=mapper)
 
 
-def build_task_train_loader(cfg: CfgNode):
-    """The training loader of a panoptic or instance config."""
-    task = task_of(cfg)
-    # checked reading: a bad file is an error naming it (dyn_seg.data.task_mappers)
-    from dyn_seg.data.task_mappers import InstanceDatasetMapper, PanopticDatasetMapper
+def _semantic_test_loader(cfg: CfgNode, dataset_name: str):
+    from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 
-    if task == "panoptic":
-        return build_detection_train_loader(cfg, mapper=PanopticDatasetMapper(cfg))
-    if task == "instance":
-        return build_detection_train_loader(cfg, mapper=InstanceDatasetMapper(cfg, is_train=True))
-    raise ValueError(f"{cfg.MODEL.META_ARCHITECTURE} is a semantic segmentor: use the "
-                     "trainer's own loader.")
+    return build_detection_test_loader(cfg, dataset_name,
+                                       mapper=DynSegDatasetMapper(cfg, is_train=False))
 
 
-def build_task_test_loader(cfg: CfgNode, dataset_name: str):
-    """The test loader of a panoptic or instance config (images and their sizes)."""
+def _semantic_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str):
+    from dyn_seg.evaluation import build_sem_seg_evaluator
+
+    return build_sem_seg_evaluator(cfg, dataset_name, output_folder)
+
+
+# ---- classification ------------------------------------------------------------------------
+def _classification_train_loader(cfg: CfgNode):
+    from dyn_seg.data.imagenet import build_classification_train_loader
+
+    return build_classification_train_loader(cfg)
+
+
+def _classification_test_loader(cfg: CfgNode, dataset_name: str):
+    from dyn_seg.data.imagenet import build_classification_test_loader
+
+    return build_classification_test_loader(cfg, dataset_name)
+
+
+def _classification_evaluator(cfg: CfgNode, dataset_name: str, output_folder: str):
+    from dyn_seg.evaluation.classification import build_classification_evaluator
+
+    return build_classification_evaluator(cfg, dataset_name, output_folder)
+
+
+# ---- panoptic and instance segmentation (detectron2's mappers, checked reading) -----------
+def _panoptic_train_loader(cfg: CfgNode):
+    from dyn_seg.data.task_mappers import PanopticDatasetMapper
+
+    return build_detection_train_loader(cfg, mapper=PanopticDatasetMapper(cfg))
+
+
+def _instance_train_loader(cfg: CfgNode):
+    from dyn_seg.data.task_mappers import InstanceDatasetMapper
+
+    return build_detection_train_loader(cfg, mapper=InstanceDatasetMapper(cfg, is_train=True))
+
+
+def _detection_test_loader(cfg: CfgNode, dataset_name: str):
+    """Images and their sizes (a bad file is an error naming it)."""
     from dyn_seg.data.task_mappers import ImageTestMapper
 
     return build_detection_test_loader(cfg, dataset_name,
                                        mapper=ImageTestMapper(cfg, is_train=False))
 
 
+def _panoptic_evaluators(cfg: CfgNode, dataset_name: str, output_folder: str) -> list:
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type not in ("cityscapes_panoptic_seg", "coco_panoptic_seg"):
+        raise ValueError(
+            f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}: a panoptic "
+            "model is evaluated on a panoptic dataset, e.g. cityscapes_fine_panoptic_val "
+            "(create its files with datasets/prepare_cityscapes.py)."
+        )
+    os.makedirs(output_folder, exist_ok=True)
+    evaluators = [
+        COCOPanopticEvaluator(dataset_name, output_folder),
+        PanopticSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                                sem_seg_loading_fn=load_sem_seg_label),
+    ]
+    if evaluator_type == "cityscapes_panoptic_seg":
+        evaluators.append(CityscapesInstanceAPEvaluator(dataset_name))
+    return evaluators
+
+
+def _instance_evaluators(cfg: CfgNode, dataset_name: str, output_folder: str) -> list:
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "cityscapes_instance":
+        return [CityscapesInstanceAPEvaluator(dataset_name)]
+    if evaluator_type == "coco":
+        return [COCOEvaluator(dataset_name, output_dir=output_folder)]
+    raise ValueError(
+        f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}: an instance "
+        "model is evaluated on an instance dataset, e.g. cityscapes_fine_instance_seg_val."
+    )
+
+
+def _with_routing(build_evaluators):
+    """The task's evaluators followed by GFLOPs and gate statistics (``"routing"``)."""
+    def build(cfg: CfgNode, dataset_name: str, output_folder: str) -> DatasetEvaluators:
+        evaluators = build_evaluators(cfg, dataset_name, output_folder)
+        return DatasetEvaluators(evaluators + [RoutingEvaluator(distributed=True)])
+    return build
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one task needs besides its model (see the module docstring).
+
+    ``build_evaluator(cfg, dataset_name, output_folder)``; ``tta``: whether
+    ``TEST.AUG.ENABLED`` (multi-scale + flip test-time augmentation) applies; ``overlay``:
+    the prediction key the demo draws (``"sem_seg"``, ``"panoptic_seg"``, ``"instances"``,
+    or None: nothing to draw).
+    """
+
+    name: str
+    build_train_loader: Callable
+    build_test_loader: Callable
+    build_evaluator: Callable
+    tta: bool
+    overlay: Optional[str]
+
+
+#: Every task, keyed by the meta-architecture (``MODEL.META_ARCHITECTURE``) that trains it.
+TASKS: Dict[str, Task] = {
+    "DynamicSemanticSegmentor": Task(
+        "semantic", _semantic_train_loader, _semantic_test_loader, _semantic_evaluator,
+        tta=True, overlay="sem_seg"),
+    "DynamicPanopticDeepLab": Task(
+        "panoptic", _panoptic_train_loader, _detection_test_loader,
+        _with_routing(_panoptic_evaluators), tta=False, overlay="panoptic_seg"),
+    "DynamicRCNN": Task(
+        "instance", _instance_train_loader, _detection_test_loader,
+        _with_routing(_instance_evaluators), tta=False, overlay="instances"),
+    "DynamicClassifier": Task(
+        "classification", _classification_train_loader, _classification_test_loader,
+        _classification_evaluator, tta=False, overlay=None),
+}
+
+
+def task_for(cfg: CfgNode) -> Task:
+    """The :class:`Task` of ``cfg``'s ``MODEL.META_ARCHITECTURE`` (a clear error for a
+    meta-architecture no task is registered for)."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in TASKS:
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE={arch!r} has no dyn_seg task (data, evaluators): use "
+            f"one of {sorted(TASKS)}, or add a Task for it to dyn_seg.tasks.TASKS."
+        )
+    return TASKS[arch]
+
+
+def task_of(cfg: CfgNode) -> str:
+    """The name of ``cfg``'s task: ``"semantic"``, ``"panoptic"``, ``"instance"`` or
+    ``"classification"``."""
+    return task_for(cfg).name
+
+
+def build_task_train_loader(cfg: CfgNode):
+    """The training loader of ``cfg``'s task."""
+    return task_for(cfg).build_train_loader(cfg)
+
+
+def build_task_test_loader(cfg: CfgNode, dataset_name: str):
+    """The test loader of ``cfg``'s task on ``dataset_name``."""
+    return task_for(cfg).build_test_loader(cfg, dataset_name)
+
+
 def build_task_evaluator(cfg: CfgNode, dataset_name: str,
                          output_folder: Optional[str] = None) -> DatasetEvaluators:
-    """The evaluators of a panoptic or instance config on ``dataset_name`` (see the module
-    docstring); results under the keys ``panoptic_seg``, ``sem_seg``, ``segm`` and
-    ``routing``."""
-    task = task_of(cfg)
-    meta = MetadataCatalog.get(dataset_name)
-    evaluator_type = meta.get("evaluator_type", None)
+    """The evaluators of ``cfg``'s task on ``dataset_name``, results under the task's keys
+    (``sem_seg``, ``panoptic_seg``, ``segm``, ``classification``) and ``routing``."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-    evaluators = []
-    if task == "panoptic":
-        if evaluator_type not in ("cityscapes_panoptic_seg", "coco_panoptic_seg"):
-            raise ValueError(
-                f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}: a panoptic "
-                "model is evaluated on a panoptic dataset, e.g. cityscapes_fine_panoptic_val "
-                "(create its files with datasets/prepare_cityscapes.py)."
-            )
-        os.makedirs(output_folder, exist_ok=True)
-        evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-        evaluators.append(PanopticSemSegEvaluator(dataset_name, distributed=True,
-                                                  output_dir=output_folder,
-                                                  sem_seg_loading_fn=load_sem_seg_label))
-        if evaluator_type == "cityscapes_panoptic_seg":
-            evaluators.append(CityscapesInstanceAPEvaluator(dataset_name))
-    elif task == "instance":
-        if evaluator_type == "cityscapes_instance":
-            evaluators.append(CityscapesInstanceAPEvaluator(dataset_name))
-        elif evaluator_type in ("coco",):
-            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
-        else:
-            raise ValueError(
-                f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}: an instance "
-                "model is evaluated on an instance dataset, e.g. "
-                "cityscapes_fine_instance_seg_val."
-            )
-    else:
-        raise ValueError(f"{cfg.MODEL.META_ARCHITECTURE} is a semantic segmentor: use "
-                         "dyn_seg.evaluation.build_sem_seg_evaluator.")
-    evaluators.append(RoutingEvaluator(distributed=True))
-    return DatasetEvaluators(evaluators)
+    return task_for(cfg).build_evaluator(cfg, dataset_name, output_folder)

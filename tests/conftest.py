@@ -66,7 +66,7 @@ def register_synthetic_train_split(root_dir: str, prefix: str) -> str:
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 
-    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+    from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     root = generate_synthetic_cityscapes(root_dir, num_train=2, num_val=1, height=32,
                                          width=64, progress=False)

@@ -85,7 +85,6 @@ def test_bad_size_names_the_expected_form(tool, capsys):
     assert "HxW" in capsys.readouterr().err
     for size in (["1024x2048"], ["1024", "2048"]):
         assert parse_tool_args(tool.get_parser(), ["--size", *size]).size == (1024, 2048)
-    assert tool.counting_size((1000, 2000), 32) == (1024, 2016)
 
 
 def test_context_module_is_a_row_of_the_head(tool, tmp_path, capsys):
@@ -124,8 +123,32 @@ def test_classifier_reports_its_pooling_and_linear_head(tool, capsys):
     assert "DynamicClassifier (GlobalPoolClassificationHead)" in capsys.readouterr().out
 
 
-def test_models_without_a_counted_head_are_refused_clearly(tool):
-    model = build_model(tiny_cfg())
-    del model.sem_seg_head
-    with pytest.raises(SystemExit, match="DynamicClassifier"):
-        tool.analysed_head(model)
+def test_models_that_are_not_routed_are_refused_clearly(tool):
+    from torch import nn
+
+    model = nn.Module()
+    model.backbone = build_model(tiny_cfg()).backbone
+    with pytest.raises(SystemExit, match="not a routed model.*DynamicClassifier"):
+        tool.analysed_model(model)
+
+
+@pytest.mark.parametrize("config", ["PanopticDeepLab-Tiny", "MaskRCNN-Tiny"])
+def test_panoptic_and_instance_configs_are_analysed(tool, config, capsys):
+    """Every routed meta-architecture: analytic parts at the counting size, fvcore's count
+    of network + dense heads, parameters of network parts + heads."""
+    report = _run_json(tool, capsys, "--config-file", str(REPO / "configs" / "Synthetic" /
+                                                    f"{config}.yaml"),
+                 "--size", "128x256", "MODEL.BACKBONE.LAYER_NUM", "3")
+    open_ = report["analytic_gflops"]["all_open"]
+    assert report["counting_size"] == [128, 256]
+    assert open_["head"] > 0
+    assert open_["real"] == pytest.approx(
+        open_["expected"] + open_["gates"] + open_["stem"] + open_["head"])
+    fv = report["fvcore_gflops"]
+    # both counted by fvcore on the same heads; the tool's count adds the ReLUs
+    assert open_["head"] < fv["head"] < 1.01 * open_["head"]
+    assert fv["backbone"] > 0
+    params = report["parameters"]
+    summed = params["stem"] + params["init_cell"] + sum(params["layers"].values())
+    assert summed + params["gates"] + params["head"] == params["total"]
+    assert report["analytic_gflops"]["forward"]["real"] > open_["head"]

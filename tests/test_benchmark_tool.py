@@ -256,3 +256,23 @@ def test_busy_share_is_the_union_of_intervals():
 
     assert busy_share([(0, 2), (1, 3), (5, 6), (5.5, 5.8)], 10) == pytest.approx(0.4)
     assert busy_share([], 10) == 0.0
+
+
+@pytest.mark.parametrize("config", ["PanopticDeepLab-Tiny", "MaskRCNN-Tiny"])
+def test_panoptic_and_instance_models_are_benchmarked_end_to_end(config, capsys):
+    """Task models: latency of model(inputs) per mode, the routed network's share, the
+    backbone FLOPs the closed gates shut; training is refused with the reason."""
+    cfg = str(REPO / "configs" / "Synthetic" / f"{config}.yaml")
+    opts = ["--opts", "MODEL.BACKBONE.LAYER_NUM", "3"]
+    _tool().main(["--device", "cpu", "--size", "128", "256", "--warmup", "0", "--iters", "1",
+                  "--config-file", cfg, "--gates", "cells:0.5", "--modes", "faithful",
+                  "fast", *opts])
+    header, faithful, fast = _lines(capsys)
+    assert header["closed_paths"] > 0
+    assert (faithful["execution_plan"], fast["execution_plan"][:5]) == ("faithful", "fast:")
+    for r in (faithful, fast):
+        assert 0 < r["network_median_ms"] < r["median_ms"]
+        assert r["shut_backbone_flops_share"] > 0.1
+    assert fast["backbone_gflops"] == pytest.approx(faithful["backbone_gflops"], rel=1e-6)
+    with pytest.raises(ValueError, match="semantic segmentors only"):
+        _tool().main(["--device", "cpu", "--task", "train", "--config-file", cfg, *opts])

@@ -3,7 +3,6 @@ again skips finished points instead of training them again."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,14 +28,10 @@ TINY = [
 
 
 def _load_tool():
-    """tools/budget_sweep.py as a module (registered first: its dataclass needs that)."""
-    if "budget_sweep" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "budget_sweep", REPO / "tools" / "budget_sweep.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["budget_sweep"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["budget_sweep"]
+    """The sweep's module (tools/budget_sweep.py runs its ``main``)."""
+    from dyn_seg.benchmark import budget_sweep
+
+    return budget_sweep
 
 
 def _sweep(root: str, output: Path, *points: str) -> subprocess.CompletedProcess:
@@ -123,7 +118,7 @@ def test_sweep_config_budget_is_a_share_of_its_own_cells():
     from detectron2.modeling import build_model
 
     from dyn_seg import get_dyn_seg_cfg
-    from dyn_seg.modeling.analysis import all_open_flops
+    from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 
     cfg = get_dyn_seg_cfg(CONFIG)
     cfg.MODEL.DEVICE = "cpu"

@@ -93,7 +93,13 @@ def test_opt_in_loads_trusted_pickle(tmp_path):
     model = _model()
     path = tmp_path / "trusted.pth"
     torch.save({"model": model.state_dict(), "note": _Note("ok")}, path)
-    DynSegCheckpointer(_model(), allow_unsafe_pickle=True).load(str(path))
+    other = _model()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)  # differs from the saved weights until loaded
+    extra = DynSegCheckpointer(other, allow_unsafe_pickle=True).load(str(path))
+    assert extra["note"].text == "ok"  # the pickled object came back
+    for k, v in model.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
 
 
 class _Note:

@@ -6,7 +6,7 @@ import torch
 from detectron2.modeling import build_model
 
 from dyn_seg import model_zoo
-from dyn_seg.modeling.classification import is_classification_config
+from dyn_seg.tasks import task_of
 
 # semantic segmentation configs; the panoptic and instance ones are tested in
 # tests/test_panoptic_instance.py
@@ -44,7 +44,7 @@ def test_config_builds_and_runs(name):
     torch.manual_seed(0)
     model = build_model(cfg)
     image = torch.randint(0, 256, (3, 50, 70)).float()
-    if is_classification_config(cfg):
+    if task_of(cfg) == "classification":
         _check_classifier_runs(cfg, model, image)
         return
     model.eval()

@@ -6,9 +6,9 @@ import torch
 from conftest import tiny_cfg
 from detectron2.modeling import build_model
 
-from dyn_seg.modeling.analysis import all_open_flops
-from dyn_seg.modeling.context_heads import DynamicContextSemSegHead
-from dyn_seg.modeling.sem_seg_head import DynamicSemSegHead
+from dyn_seg.modeling.heads.context import DynamicContextSemSegHead
+from dyn_seg.modeling.heads.sem_seg import DynamicSemSegHead
+from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 
 # Tiny network: INIT_CHANNEL 8, so the stride-32 feature has 64 channels; a 128 x 128 input
 # gives it a 4 x 4 map. Norm "BN" counts once per element.

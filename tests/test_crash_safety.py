@@ -142,7 +142,7 @@ def _assert_only_complete_checkpoints(output_dir: Path) -> int:
     names = sorted(os.listdir(output_dir))
     for name in names:
         assert name.startswith("model_") or name in {
-            "last_checkpoint", "metrics.json", "log.txt", "config.yaml"
+            "last_checkpoint", "metrics.json", "log.txt", "config.yaml", "train.lock"
         } or name.startswith("events.out.tfevents") or (
             name.startswith(".model_") and name.endswith(".tmp")
         ), f"unexpected file {name} in {names}"

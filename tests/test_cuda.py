@@ -23,7 +23,7 @@ from detectron2.utils.events import EventStorage
 from test_reference_parity import LOGIT_RTOL, reference_cfg
 
 from dyn_seg.checkpoint import convert_reference_state_dict
-from dyn_seg.modeling.transforms import InferenceCopy, InferenceOptions
+from dyn_seg.modeling.network.transforms import InferenceCopy, InferenceOptions
 
 DEVICE = os.environ.get("DYN_SEG_TEST_DEVICE", "cuda")
 ON_CUDA = DEVICE == "cuda"
@@ -179,7 +179,7 @@ def _trained_tiny():
 
 
 def _scenes(n=4, height=128, width=256, seed=3):
-    from dyn_seg.data.synthetic import render_scene
+    from dyn_seg.synthetic import render_scene
 
     rng = np.random.default_rng(seed)
     images = []
@@ -205,7 +205,8 @@ def test_bf16_inference_agrees_with_faithful_argmax_on_trained_network():
 
 
 def _train_losses(model, steps, bf16, channels_last):
-    from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
+    from dyn_seg.modeling.meta_arch.training import prepare_for_training
+    from dyn_seg.modeling.network.transforms import TrainingOptions
 
     model = prepare_for_training(copy.deepcopy(model).train(),
                                  TrainingOptions(channels_last=channels_last))
@@ -306,7 +307,7 @@ def test_one_process_nccl_training_with_sync_bn_trains_and_checkpoints(tmp_path,
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+    from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     root = tmp_path_factory.mktemp("synthetic")
     return generate_synthetic_cityscapes(str(root), num_train=4, num_val=2, height=64,

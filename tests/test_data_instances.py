@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dyn_seg.data.panoptic import create_cityscapes_panoptic, register_cityscapes_tasks
-from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+from dyn_seg.synthetic import generate_synthetic_cityscapes
 
 REPO = Path(__file__).resolve().parents[1]
 THING_LABEL_IDS = {24: "person", 25: "rider", 26: "car", 33: "bicycle"}

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from dyn_seg.data import generate_synthetic_cityscapes
-from dyn_seg.data.synthetic import MARKER_NAME, SPLIT_CITIES
+from dyn_seg.synthetic import MARKER_NAME, SPLIT_CITIES
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL, HEIGHT, WIDTH = 6, 4, 64, 128

@@ -18,12 +18,12 @@ from detectron2.modeling import build_model
 
 from dyn_seg.benchmark import GatePattern, apply_gate_pattern, calibrate_batch_norm
 from dyn_seg.benchmark.counting import count_dispatch
-from dyn_seg.modeling.plans import GraphPlan
-from dyn_seg.modeling.transforms import (
+from dyn_seg.modeling.execution.plans import GraphPlan
+from dyn_seg.modeling.meta_arch.training import prepare_for_training
+from dyn_seg.modeling.network.transforms import (
     InferenceCopy,
     InferenceOptions,
     TrainingOptions,
-    prepare_for_training,
 )
 
 GRAPH_PLANS = ["graph-dense", "graph-conditional"]
@@ -321,7 +321,7 @@ class _Float32Watch(torch.utils._python_dispatch.TorchDispatchMode):
 
 def _run_cells(net, stem_out):
     """The routed cells (init cell onwards) of the faithful plan on a stem output."""
-    from dyn_seg.modeling.plans import sum_inputs
+    from dyn_seg.modeling.execution.plans import sum_inputs
 
     outputs = {(-1, 0): net.init_cell(stem_out)}
     for specs, cells in zip(net.cell_specs, net.cells):

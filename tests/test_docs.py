@@ -332,3 +332,28 @@ def test_routing_doc_python_snippet_runs(tiny_weights, tmp_path, monkeypatch):
     assert scope["stats"].num_images == 2
     for name in ("routing.png", "one.png"):
         assert cv2.imread(str(tmp_path / name)) is not None
+
+
+def test_readme_says_what_importing_dyn_seg_registers():
+    """The README's sentence on registration names exactly what the registries gain."""
+    import re
+
+    from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
+
+    import dyn_seg  # noqa: F401
+
+    text = _read(REPO / "README.md")
+    sentence = text[text.index("Importing `dyn_seg` registers"):]
+    sentence = sentence[:sentence.index("\n\n")]
+
+    def named(kind):
+        part = re.search(kind + r" \((.*?)\)", sentence, re.S).group(1)
+        return set(re.findall(r"`(\w+)`", part))
+
+    ours = {
+        "backbones": {n for n, _ in BACKBONE_REGISTRY if "dynamic_routing" in n},
+        "semantic heads": {n for n, _ in SEM_SEG_HEADS_REGISTRY if n.startswith("Dynamic")},
+        "meta-architectures": {n for n, _ in META_ARCH_REGISTRY if n.startswith("Dynamic")},
+    }
+    for kind, names in ours.items():
+        assert named(kind) == names, kind

@@ -17,16 +17,16 @@ from dyn_seg.benchmark import (
     calibrate_batch_norm,
     random_gate_pattern,
 )
-from dyn_seg.modeling.cell import GATE_EPS
-from dyn_seg.modeling.plans import plan_cell
-from dyn_seg.modeling.transforms import (
+from dyn_seg.modeling.execution.plans import plan_cell
+from dyn_seg.modeling.meta_arch.training import prepare_for_training
+from dyn_seg.modeling.network.transforms import (
     FastInference,
     InferenceCopy,
     InferenceOptions,
     TrainingOptions,
     fold_conv,
-    prepare_for_training,
 )
+from dyn_seg.modeling.routing.cell import GATE_EPS
 
 ATOL = 1e-4
 
@@ -218,14 +218,14 @@ def test_fast_path_equals_faithful_on_batch_with_different_routes(routed_model, 
 def test_every_static_module_runs_in_the_copys_memory_layout(routed_model, channels_last):
     # sub-batches of images that take different routes keep the layout: a convolution fed
     # the other one converts (or picks slower kernels) on every call
-    from dyn_seg.modeling.transforms import _static_modules
+    from dyn_seg.modeling.network.transforms import static_modules
 
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = InferenceCopy(routed_model, InferenceOptions(channels_last=channels_last))
     seen = []
     hooks = [m.register_forward_pre_hook(
         lambda mod, args: seen.append(args[0].is_contiguous(memory_format=layout)))
-        for m in _static_modules(net.backbone)]
+        for m in static_modules(net.backbone)]
     try:
         _, _, routing = net(_images(6, seed=1))
     finally:
@@ -328,7 +328,7 @@ def test_compiled_static_modules_each_keep_their_own_compiled_code(routed_model)
 
 
 def test_modules_share_compiled_code_by_kind_except_with_cuda_graphs():
-    from dyn_seg.modeling.transforms import _compile_kind
+    from dyn_seg.modeling.network.transforms import _compile_kind
 
     a, b, c = nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 16, 3)
     assert _compile_kind(a, "inductor", "default") == _compile_kind(b, "inductor", "default")

@@ -71,7 +71,7 @@ def _per_cell_rule(net, routing, n):
     """The rule of PAPER.md section 4 written cell by cell (independently of dyn_seg's
     vectorised accounting): expected = max(alpha) * ops + alpha * transition over inputs;
     real = [sum(alpha) > eps] * ops + [alpha > eps] * transition + every routed gate."""
-    from dyn_seg.modeling.cell import GATE_EPS
+    from dyn_seg.modeling.routing.cell import GATE_EPS
 
     table, _ = net.flops_table(net.counting_size(torch.zeros(1, 3, 64, 64)))
     expected, real = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
@@ -94,7 +94,7 @@ def _per_cell_rule(net, routing, n):
 
 
 def test_routing_flops_follow_the_rule_for_open_closed_dropped_and_absent_cells():
-    from dyn_seg.modeling.flops import CellRouting, routing_flops
+    from dyn_seg.modeling.cost.flops import CellRouting, routing_flops
 
     torch.manual_seed(0)
     net = build_model(tiny_cfg(**{"MODEL.BACKBONE.LAYER_NUM": 3})).backbone

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyn_seg.modeling import RoutingCell, known_operations
-from dyn_seg.modeling.budget import budget_loss, budget_weight
-from dyn_seg.modeling.routing_space import build_routing_space
+from dyn_seg.modeling.cost.budget import budget_loss, budget_weight
+from dyn_seg.modeling.routing.space import build_routing_space
 
 IMAGE = torch.rand(3, 64, 64) * 255
 
@@ -85,7 +85,7 @@ def test_every_cell_operation_builds_and_runs(op):
 
 
 def test_network_fix_has_no_gates_and_counts_every_path():
-    from dyn_seg.modeling.analysis import all_open_flops
+    from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 
     model = _build(**{"MODEL.GATE.GATE_ON": False})
     assert not any("gate" in n for n, _ in model.named_parameters())

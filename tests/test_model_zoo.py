@@ -12,7 +12,7 @@ from cityscapesscripts.helpers.labels import id2label
 from detectron2.modeling import build_model
 
 from dyn_seg import model_zoo
-from dyn_seg.data.synthetic import render_scene
+from dyn_seg.synthetic import render_scene
 
 TINY = "Synthetic/Dynamic-Tiny.yaml"
 

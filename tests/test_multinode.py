@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from test_distributed import (
+from distributed_helpers import (
     CONFIG,
-    _assert_ranks_hold_identical_parameters_and_buffers,
-    _assert_same_result_as_one_process,
+    assert_ranks_hold_identical_parameters_and_buffers,
+    assert_same_result_as_one_process,
 )
+from PIL import Image
 
 from dyn_seg.data import generate_synthetic_cityscapes
 
@@ -28,12 +28,12 @@ TESTS = Path(__file__).resolve().parent
 def machine(argv):
     """``python -c`` entry: what ``train_net.py --num-machines M --machine-rank R --dist-url
     URL`` does on one machine (one process per machine here), with the report of
-    ``test_distributed._train_worker``."""
+    ``distributed_helpers.train_worker``."""
     from detectron2.engine import launch
-    from test_distributed import _train_worker
+    from distributed_helpers import train_worker
 
     config, report, num_machines, rank, dist_url = argv
-    launch(_train_worker, 1, num_machines=int(num_machines), machine_rank=int(rank),
+    launch(train_worker, 1, num_machines=int(num_machines), machine_rank=int(rank),
            dist_url=dist_url, args=(["--config-file", config, "DATASETS.TEST", "()",
                                      "OUTPUT_DIR", str(Path(report).with_suffix(""))], report))
 
@@ -79,5 +79,5 @@ def test_two_machines_of_one_cpu_process_match_one_process(tmp_path):
 
     two, one = torch.load(two, weights_only=False), torch.load(one, weights_only=False)
     assert (two["world_size"], one["world_size"]) == (2, 1)
-    _assert_ranks_hold_identical_parameters_and_buffers(two)
-    _assert_same_result_as_one_process(two, one)
+    assert_ranks_hold_identical_parameters_and_buffers(two)
+    assert_same_result_as_one_process(two, one)

@@ -20,7 +20,7 @@ from dyn_seg.engine.guards import (
     explain_non_finite_loss,
     first_non_finite_tensor,
 )
-from dyn_seg.modeling.budget import budget_loss
+from dyn_seg.modeling.cost.budget import budget_loss
 
 NUM_CLASSES = 19
 

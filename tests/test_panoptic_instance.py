@@ -31,7 +31,7 @@ def datasets(tmp_path_factory):
     from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 
     from dyn_seg.data.panoptic import register_cityscapes_tasks
-    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+    from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     root = generate_synthetic_cityscapes(str(tmp_path_factory.mktemp("pan")), num_train=4,
                                          num_val=2, height=64, width=128, progress=False)
@@ -122,7 +122,7 @@ def test_budget_and_flops_same_for_every_meta_arch(arch, datasets, tmp_path):
 
     import dyn_seg.modeling  # noqa: F401
     from dyn_seg.engine import Trainer
-    from dyn_seg.modeling.routed import find_routed_network
+    from dyn_seg.modeling.meta_arch.routed import find_routed_network
 
     config, task = ARCHS[arch]
     budget = ["MODEL.BUDGET.CONSTRAIN", "True", "MODEL.FAST.ENABLED", "False"]
@@ -286,5 +286,8 @@ def test_instance_evaluator_scores_ground_truth_100(datasets, tmp_path):
                                           for i in objs])
         inst.scores = torch.ones(len(objs))
         evaluator.process([d], [{"instances": inst}])
+    before = set(Path.cwd().iterdir())
     results = evaluator.evaluate()
     assert results["segm"]["AP"] == pytest.approx(100.0)
+    # cityscapesscripts' matches.json goes into the evaluator's temporary folder
+    assert set(Path.cwd().iterdir()) == before

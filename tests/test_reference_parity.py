@@ -20,9 +20,9 @@ from detectron2.utils.events import EventStorage
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import convert_reference_state_dict
-from dyn_seg.modeling.analysis import all_open_flops
-from dyn_seg.modeling.backbone import DynamicNetwork
-from dyn_seg.modeling.sem_seg_head import DynamicSemSegHead
+from dyn_seg.modeling.heads.sem_seg import DynamicSemSegHead
+from dyn_seg.modeling.meta_arch.analysis import all_open_flops
+from dyn_seg.modeling.network.backbone import DynamicNetwork
 
 LOGIT_RTOL = 1e-4  # relative to the largest |logit| (~1e6 with the randomised BN stats)
 FLOPS_RTOL = 1e-5
@@ -102,7 +102,7 @@ def test_default_fast_inference_path_matches_reference_too(converted, reference_
     """MODEL.FAST.ENABLED (the default) folds norms and skips closed paths: same logits
     within 1e-4 relative, same FLOPs, batched and per image; for every plan
     (MODEL.FAST.PLAN)."""
-    from dyn_seg.modeling.transforms import FastInference, InferenceOptions
+    from dyn_seg.modeling.network.transforms import FastInference, InferenceOptions
 
     model = copy.deepcopy(converted[0]).eval()
     model.fast_inference = FastInference(InferenceOptions(plan_name=plan))

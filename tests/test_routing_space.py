@@ -4,7 +4,7 @@ from __future__ import annotations
 from conftest import routing_spaces
 from hypothesis import given, settings
 
-from dyn_seg.modeling.routing_space import (
+from dyn_seg.modeling.routing.space import (
     DOWN,
     KEEP,
     UP,

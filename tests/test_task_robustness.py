@@ -249,7 +249,7 @@ def test_check_tool_lists_labels_without_valid_pixel(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
-    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+    from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     return Path(generate_synthetic_cityscapes(str(tmp_path_factory.mktemp("cs")), num_train=2,
                                               num_val=1, height=64, width=128, progress=False))

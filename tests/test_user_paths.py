@@ -277,7 +277,7 @@ def test_start_up_warns_about_a_crop_larger_than_the_images_and_a_wrong_flops_al
     from detectron2.data import DatasetCatalog
 
     from dyn_seg.engine.startup_checks import run_startup_checks
-    from dyn_seg.modeling.analysis import all_open_flops
+    from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 
     name = "startup_check_128x256"
     DatasetCatalog.register(name, lambda: [{"file_name": "x.png", "height": 128, "width": 256}])
@@ -332,6 +332,22 @@ def test_missing_dataset_root_names_the_variable_folder_and_readme(monkeypatch, 
             DatasetCatalog.get(name)
     finally:
         DatasetCatalog.remove(name)
+
+
+def test_import_wraps_only_datasets_read_from_the_dataset_root():
+    """``import dyn_seg`` leaves a user's own registrations (made before it) as they are."""
+    code = ("from detectron2.data import DatasetCatalog\n"
+            "def mine():\n    return []\n"
+            "DatasetCatalog.register('my_dataset', mine)\n"
+            "import dyn_seg\n"
+            "assert DatasetCatalog['my_dataset'] is mine\n"
+            "assert DatasetCatalog['cityscapes_fine_sem_seg_train'].explains_missing_root\n"
+            "assert DatasetCatalog['voc_2012_sem_seg_train'].explains_missing_root\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("command", [["train_net.py", "--help"], ["tools/demo.py", "--help"]])

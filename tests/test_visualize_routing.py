@@ -13,7 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from dyn_seg.modeling.routing_space import build_routing_space
+from dyn_seg.modeling.routing.space import build_routing_space
 from dyn_seg.visualization.routing import (
     collect_routing_stats,
     draw_image_route,

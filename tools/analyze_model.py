@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""FLOPs and parameter counts of a Dynamic Routing model at one input size: a semantic
-segmentor (head: the decoder, with its context module if any) or a classifier (head: global
-pooling + linear layer).
+"""FLOPs and parameter counts of a Dynamic Routing model at one input size, for every
+routed meta-architecture: semantic segmentor (head: the decoder, with its context module if
+any), classifier (global pooling + linear layer), Panoptic-DeepLab (semantic and instance
+heads), Mask R-CNN (FPN + RPN head; the per-detection box and mask heads are counted in the
+forward figures only, as they depend on the detections).
 
 Reports, in GFLOPs (1e9 multiply-adds, one fused multiply-add = one FLOP):
 
@@ -10,11 +12,12 @@ Reports, in GFLOPs (1e9 multiply-adds, one fused multiply-add = one FLOP):
   head), and the parts;
 * analytic for one actual forward on a random image (or --image, resized to the size):
   that image's real and expected FLOPs, as the model reports them at inference;
-* fvcore's FlopCountAnalysis of the same forward (backbone + head on the normalised,
-  padded image): convolutions, batch norm (2 per element with affine), bilinear upsampling
-  (4 per output element), adaptive average pooling (1 per input element), and ReLU (1 per
-  element, a handle added here to match the reference rule); elementwise adds and the
-  gates' scaling multiplications are not counted (listed under "uncounted_operators");
+* fvcore's FlopCountAnalysis of the same forward (routed network + the heads that run once
+  per image, on the normalised, padded image): convolutions, batch norm (2 per element
+  with affine), bilinear upsampling (4 per output element), adaptive average pooling
+  (1 per input element), and ReLU (1 per element, a handle added here to match the
+  reference rule); elementwise adds and the gates' scaling multiplications are not
+  counted (listed under "uncounted_operators");
 * parameters per part (stem, init cell, each layer's cells, all gates, head) with fvcore's
   parameter_count; the parts sum to the total. Gates sit inside the cells but are counted
   apart, so that "total - gates" is the Network-Fix (no gates) count.
@@ -31,15 +34,13 @@ Examples::
 """
 from __future__ import annotations
 
-import warnings
+import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+# isort: split
 
 import argparse
 import json
 import logging
-import math
 import sys
 import warnings
 from typing import Dict, Optional, Sequence, Tuple
@@ -57,9 +58,10 @@ from torch import nn
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.modeling.analysis import HEAD_ATTRIBUTES, all_open_flops, model_head
-from dyn_seg.modeling.gate import SoftGate
-from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
+from dyn_seg.modeling.cost.stats import open_path_counts, open_rates
+from dyn_seg.modeling.meta_arch.analysis import all_open_flops
+from dyn_seg.modeling.meta_arch.routed import RoutedModel, routed_model
+from dyn_seg.modeling.routing.gate import SoftGate
 from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
 
 logger = logging.getLogger("dyn_seg.analyze_model")
@@ -96,11 +98,6 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def counting_size(size: Tuple[int, int], divisor: int) -> Tuple[int, int]:
-    """The padded size the network sees (and at which FLOPs are counted)."""
-    return tuple(int(math.ceil(s / divisor) * divisor) for s in size)
-
-
 def load_image(path: str, size: Tuple[int, int], seed: int) -> np.ndarray:
     """(H, W, 3) uint8 BGR image: ``path`` resized to ``size``, or seeded noise."""
     if not path:
@@ -109,23 +106,17 @@ def load_image(path: str, size: Tuple[int, int], seed: int) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def analysed_head(model: nn.Module) -> nn.Module:
-    """The model's head (``sem_seg_head`` or ``cls_head``); a clear error for other models."""
-    _, head = model_head(model)
-    if head is None:
-        raise SystemExit(
-            f"tools/analyze_model.py counts semantic segmentation (DynamicSemanticSegmentor) "
-            f"and classification (DynamicClassifier) models; {type(model).__name__} has none "
-            f"of their heads ({', '.join(HEAD_ATTRIBUTES)}). Panoptic and instance models "
-            "report their real and expected GFLOPs per image in their outputs (\"flops\") and in "
-            "the evaluation results (\"routing\")."
-        )
-    return head
+def analysed_model(model: nn.Module) -> RoutedModel:
+    """``model`` as a routed model; a clear error (exit) for any other model."""
+    try:
+        return routed_model(model)
+    except TypeError as e:
+        raise SystemExit(f"tools/analyze_model.py: {e}") from None
 
 
 class BackboneHead(nn.Module):
-    """Backbone + head on normalised, padded images (N, 3, H, W) -> logits ((N, K, H, W)
-    for segmentation, (N, K) for classification).
+    """Routed network + the heads that run once per image on normalised, padded images
+    (N, 3, H, W) -> the heads' tensors (:meth:`RoutedModel.trace_heads`).
 
     The tensor-in, tensor-out form that jit tracing (and so fvcore) needs; the
     meta-architecture's dict inputs and routing outputs stay outside.
@@ -133,12 +124,12 @@ class BackboneHead(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.backbone = model.backbone
-        self.head = analysed_head(model)
+        routed = analysed_model(model)
+        self.backbone = routed.routed_network
+        self.model = model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.backbone(images))
-        return out[0] if isinstance(out, tuple) else out  # segmentation heads: (logits, losses)
+    def forward(self, images: torch.Tensor):
+        return self.model.trace_heads(self.backbone(images))
 
 
 def fvcore_flops(model: nn.Module, images: torch.Tensor) -> Dict:
@@ -154,34 +145,36 @@ def fvcore_flops(model: nn.Module, images: torch.Tensor) -> Dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # jit tracing's deprecation notices
         total = analysis.total()
-    by_module = analysis.by_module()
+    backbone = analysis.by_module()["backbone"]
     return {
         "total": total * 1e-9,
-        "backbone": by_module["backbone"] * 1e-9,
-        "head": by_module["head"] * 1e-9,
+        "backbone": backbone * 1e-9,
+        "head": (total - backbone) * 1e-9,
         "by_operator": {k: v * 1e-9 for k, v in sorted(analysis.by_operator().items())},
         "uncounted_operators": dict(sorted(analysis.unsupported_ops().items())),
     }
 
 
 def parameter_counts(model: nn.Module) -> Dict:
-    """Parameters of stem, init cell, each layer's cells, all gates and head (sum = total)."""
+    """Parameters of stem, init cell, each layer's cells, all gates and the heads
+    (everything outside the routed network); the parts sum to the total."""
+    network = analysed_model(model).routed_network
+    prefix = next(name for name, m in model.named_modules() if m is network)
+    base = prefix + "." if prefix else ""
     counts = parameter_count(model)
     gates = {name: counts[name] for name, m in model.named_modules() if isinstance(m, SoftGate)}
 
-    def without_gates(prefix: str) -> int:
-        inside = sum(v for k, v in gates.items() if k.startswith(prefix + "."))
-        return counts.get(prefix, 0) - inside
+    def without_gates(part: str) -> int:
+        inside = sum(v for k, v in gates.items() if k.startswith(part + "."))
+        return counts.get(part, 0) - inside
 
-    layers = {
-        str(l): without_gates(f"backbone.cells.{l}") for l in range(len(model.backbone.cells))
-    }
+    layers = {str(l): without_gates(f"{base}cells.{l}") for l in range(len(network.cells))}
     parts = {
-        "stem": counts.get("backbone.stem", 0),
-        "init_cell": without_gates("backbone.init_cell"),
+        "stem": counts.get(f"{base}stem", 0),
+        "init_cell": without_gates(f"{base}init_cell"),
         "layers": layers,
         "gates": sum(gates.values()),
-        "head": counts.get(model_head(model)[0], 0),
+        "head": counts[""] - counts.get(prefix, 0),
     }
     accounted = parts["stem"] + parts["init_cell"] + sum(layers.values())
     accounted += parts["gates"] + parts["head"]
@@ -196,34 +189,37 @@ def analyze(cfg: CfgNode, size: Tuple[int, int], weights: str = "", image_path: 
     """The full report as a JSON-serialisable dict."""
     torch.manual_seed(seed)
     model = build_model(cfg)
-    analysed_head(model)  # a clear error for models without a counted head
+    routed = analysed_model(model)  # a clear error for other models
     if weights:
         DynSegCheckpointer(model).load(weights)
     model.eval()
-    padded = counting_size(size, model.backbone.size_divisibility)
+    network = routed.routed_network
     image = load_image(image_path, size, seed)
     inputs = [{"image": torch.as_tensor(image.transpose(2, 0, 1).astype("float32")),
                "height": size[0], "width": size[1]}]
     with torch.no_grad():
         output = model(inputs)[0]
-        images = model.preprocess_image(inputs).tensor
+        images = routed.network_input(inputs)
         fvcore = fvcore_flops(model, images)
-    backbone = model.backbone
+    padded = routed.counting_size(images.shape)
     all_open = {k: v * GIGA_PER_MEGA for k, v in all_open_flops(model, padded).items()}
-    head = analysed_head(model)
-    if hasattr(head, "context_flops"):  # PSP / ASPP, part of the segmentation head
-        all_open["context"] = head.context_flops(padded) * GIGA_PER_MEGA
+    head = getattr(model, "sem_seg_head", None)
+    context = getattr(head, "context_flops", None)
+    if context is not None:  # PSP / ASPP, part of the segmentation head
+        all_open["context"] = context(padded) * GIGA_PER_MEGA
     return {
         "weights": weights or None,
         "input_size": list(size),
         "counting_size": list(padded),
         "model": {
             "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-            "head": type(head).__name__,
-            "layer_num": len(backbone.cell_specs),
-            "init_channel": backbone.init_spec.channels,
-            "gate_on": backbone.gate_on,
-            "small_gate": backbone.small_gate,
+            "head": ", ".join(type(m).__name__ for n, m in model.named_children()
+                              if m is not network and not n.startswith("backbone")
+                              and any(True for _ in m.parameters())),
+            "layer_num": len(network.cell_specs),
+            "init_channel": network.init_spec.channels,
+            "gate_on": network.gate_on,
+            "small_gate": network.small_gate,
         },
         "analytic_gflops": {
             "rules": "reference: conv + norm + ReLU + pooling; no upsampling, no elementwise",

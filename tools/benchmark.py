@@ -49,10 +49,9 @@ Examples::
 """
 from __future__ import annotations
 
-import warnings
+import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+# isort: split
 
 import argparse
 import json

@@ -21,10 +21,9 @@ others are processed; the exit status is then 1. Panoptic and instance models ar
 with their segments; classifiers are refused (nothing to segment), as are label-map formats
 for instance models.
 """
-import warnings
+import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+# isort: split
 
 import argparse
 import os
@@ -42,6 +41,7 @@ from PIL import Image
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.data.reader import DatasetFileError, check_image_array, read_image_file
+from dyn_seg.modeling.meta_arch.routed import routed_model
 from dyn_seg.utils.cli import (
     add_weights_and_opts,
     find_images,
@@ -53,7 +53,7 @@ from dyn_seg.utils.cli import build_predictor as _build_predictor
 from dyn_seg.visualization import overlay_route
 from dyn_seg.visualization.overlay import SegmentationVisualizer
 from dyn_seg.visualization.stats import RoutingSpace
-from dyn_seg.visualization.tasks import has_task_output, render_task_prediction, task_metadata
+from dyn_seg.visualization.tasks import draws_task_overlay, render_task_prediction, task_metadata
 
 OUTPUT_FORMATS = ("overlay", "trainIds", "labelIds")
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
@@ -106,17 +106,17 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
 def check_task(cfg: CfgNode, output_format: str) -> None:
     """Refuse, with what to do instead, the models and formats this demo cannot write:
     classifiers (no segmentation to draw) and label maps of instance models (no class map)."""
-    from dyn_seg.modeling.classification import CLASSIFICATION_META_ARCHITECTURES
-    from dyn_seg.tasks import task_of
+    from dyn_seg.tasks import task_for
 
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch in CLASSIFICATION_META_ARCHITECTURES:
+    task = task_for(cfg)
+    if task.overlay is None:
         raise ValueError(
             f"tools/demo.py draws segmentations, but MODEL.META_ARCHITECTURE={arch} is an "
             "image classifier: evaluate it with train_net.py --eval-only (top-1 / top-5) or "
             "draw its routes with tools/visualize_routing.py."
         )
-    if output_format != "overlay" and task_of(cfg) == "instance":
+    if output_format != "overlay" and task.overlay == "instances":
         raise ValueError(
             f"--output-format {output_format} writes a class id per pixel, but "
             f"MODEL.META_ARCHITECTURE={arch} predicts instances only (no class map): use "
@@ -237,14 +237,12 @@ def segment(predictor: DefaultPredictor, image_bgr: np.ndarray) -> Tuple[np.ndar
 
 def routing_space(predictor: DefaultPredictor) -> RoutingSpace:
     """``(init_spec, cell_specs)`` of the predictor's Dynamic Routing backbone."""
-    backbone = predictor.model.backbone
-    backbone = getattr(backbone, "bottom_up", backbone)  # the routed network under an FPN
-    if not hasattr(backbone, "cell_specs"):
-        raise ValueError(
-            f"--show-route needs a Dynamic Routing backbone; MODEL.BACKBONE.NAME builds "
-            f"{type(backbone).__name__}. Leave out --show-route for other models."
-        )
-    return backbone.init_spec, backbone.cell_specs
+    try:
+        network = routed_model(predictor.model).routed_network
+    except TypeError as e:
+        raise ValueError(f"--show-route needs a routed model: {e} Leave out --show-route "
+                         "for other models.") from None
+    return network.init_spec, network.cell_specs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -261,6 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     predictor = build_predictor(cfg, args.allow_unsafe_pickle, args.allow_partial_weights)
     metadata = class_metadata(cfg)
     space = routing_space(predictor) if args.show_route else None
+    task_overlay = draws_task_overlay(cfg)
     failures: List[Tuple[str, str]] = []
     for (path, _), out_path in zip(tqdm.tqdm(found, desc="demo", unit="img", file=sys.stderr),
                                    targets):
@@ -281,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.show_flops and "real" in flops:
                 text = f"{flops['real']:.3f} GFLOPs"
             route = (prediction["routing"], space) if space is not None else None
-            if has_task_output(prediction):  # panoptic or instance segmentation
+            if task_overlay:  # panoptic or instance segmentation
                 picture = render_task_prediction(image, prediction, task_metadata(cfg),
                                                  alpha=args.alpha, text=text)
                 if route is not None:

@@ -18,11 +18,6 @@ acts from the start: the short run has no time for the paper's 40% unconstrained
 """
 from __future__ import annotations
 
-import warnings
-
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
-
 import argparse
 import json
 import os
@@ -117,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     import dyn_seg.modeling  # noqa: F401
     from dyn_seg.data.panoptic import register_cityscapes_tasks
-    from dyn_seg.data.synthetic import generate_synthetic_cityscapes
+    from dyn_seg.synthetic import generate_synthetic_cityscapes
 
     setup_logger()
     os.makedirs(args.output, exist_ok=True)

@@ -21,10 +21,9 @@ Examples::
     python tools/visualize_routing.py --config-file my.yaml --input 'photos/*.jpg' \\
         --output routing_photos --per-image MODEL.DEVICE cpu
 """
-import warnings
+import dyn_seg  # noqa: F401  (first: detectron2 and fvcore load without deprecation noise)
 
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                        category=FutureWarning)  # printed by fvcore/detectron2 imports
+# isort: split
 
 import argparse
 import json
@@ -42,6 +41,7 @@ from detectron2.engine import DefaultPredictor
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.data.reader import DatasetFileError, read_image_file
+from dyn_seg.modeling.meta_arch.routed import routed_model
 from dyn_seg.utils.cli import (
     IMAGE_EXTENSIONS,
     add_weights_and_opts,
@@ -160,9 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     cfg = setup_cfg(args)
     paths = list_images(args)
     predictor = build_predictor(cfg, args.weights, args.seed, args.allow_partial_weights)
-    backbone = predictor.model.backbone
-    backbone = getattr(backbone, "bottom_up", backbone)  # the routed network under an FPN
-    space = (backbone.init_spec, backbone.cell_specs)
+    network = routed_model(predictor.model).routed_network
+    space = (network.init_spec, network.cell_specs)
     stats = RoutingStats(space)
     os.makedirs(args.output, exist_ok=True)
     failures: List[str] = []

@@ -1,5 +1,16 @@
 """Measurements behind ``tools/benchmark.py``: latency, throughput, memory, real GFLOPs.
 
+A semantic segmentor is measured as network + decoder on a normalised batch (its
+inference copy holds both), with the agreement of each mode's logits with the faithful
+path. Other routed models (panoptic, instance, classification) are measured end to end,
+``model(inputs)`` in eval mode with each mode's ``fast_inference``, plus the time of the
+routed network inside it; training is measured for semantic segmentors only.
+
+Every mode is measured side by side on the same weights and input: the runs of all modes
+are interleaved (one run of each, repeated), so that load on the machine affects them
+alike, and the median after warm-up is reported. Inference modes add their agreement with
+the faithful eager path (largest absolute logit difference, share of equal argmax).
+
 Every mode is measured side by side on the same weights and input: the runs of all modes
 are interleaved (one run of each, repeated), so that load on the machine affects them
 alike, and the median after warm-up is reported. Inference modes add their agreement with
@@ -20,7 +31,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from dyn_seg.modeling.transforms import InferenceCopy, InferenceOptions, prepare_for_training
+from dyn_seg.modeling.meta_arch.analysis import all_open_flops
+from dyn_seg.modeling.meta_arch.routed import routed_model
+from dyn_seg.modeling.meta_arch.semantic import DynamicSemanticSegmentor
+from dyn_seg.modeling.meta_arch.training import prepare_for_training
+from dyn_seg.modeling.network.transforms import (
+    FastInference,
+    InferenceCopy,
+    InferenceOptions,
+)
 
 from .modes import (
     INFERENCE_MODE_SPECS,
@@ -36,6 +55,7 @@ __all__ = [
     "TRAINING_MODES",
     "all_open_real_gflops",
     "benchmark_inference",
+    "benchmark_model_inference",
     "benchmark_training",
     "build_inference",
     "device_name",
@@ -91,37 +111,37 @@ def prepare_weights(model: nn.Module, gates: str, seed: int, calibrate: int,
     Returns a description for the benchmark record.
     """
     kind, fraction = parse_gates(gates)
+    routed = routed_model(model)
+    network = routed.routed_network
     info = {"gates": gates, "gate_seed": seed, "calibrated_batches": calibrate}
     if kind != "natural":
         unit = "cell" if kind == "cells" else "path"
-        pattern = random_gate_pattern(model.backbone, fraction, unit=unit, seed=seed)
-        apply_gate_pattern(model.backbone, pattern)
+        pattern = random_gate_pattern(network, fraction, unit=unit, seed=seed)
+        apply_gate_pattern(network, pattern)
         info["closed_paths"] = pattern.num_closed()
     if calibrate:
-        device = model.pixel_mean.device
+        device = next(network.parameters()).device
         g = torch.Generator().manual_seed(seed)
         batches = [(torch.randn(2, 3, *calibration_size, generator=g) * 50).to(device)
                    for _ in range(calibrate)]
-
-        def run(b):
-            return model.sem_seg_head.stride4_logits(model.backbone(b))
-
+        if _is_segmentor(model):
+            def run(b):
+                return model.sem_seg_head.stride4_logits(model.backbone(b))
+        else:  # detectron2's heads compute losses in training mode: the network's norms only
+            run = network
+            info["calibrated"] = "routed network only"
         calibrate_batch_norm(model, run, batches)
     return info
 
 
+def _is_segmentor(model: nn.Module) -> bool:
+    """Whether ``model`` is measured as network + decoder (see the module docstring)."""
+    return isinstance(model, DynamicSemanticSegmentor)
+
+
 def all_open_real_gflops(model: nn.Module, size: Tuple[int, int]) -> float:
     """Real GFLOPs of one image at ``size`` with every path open (cells + stem + head)."""
-    net = model.backbone
-    table, stem = net.flops_table(tuple(size))
-    cells = 0.0
-    for layer in net.cell_specs:
-        for spec in layer:
-            own = table[(spec.layer, spec.scale)]
-            cells += own.ops + own.gate
-            cells += sum(table[(i.layer, i.scale)].paths[i.path] for i in spec.inputs)
-    head = model.sem_seg_head.flops(tuple(size))
-    return (cells + stem + head) * GIGA_PER_MEGA
+    return all_open_flops(model, tuple(size))["real"] * GIGA_PER_MEGA
 
 
 def _sync(device: torch.device) -> None:
@@ -277,6 +297,8 @@ def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int,
     FLOPs) on a random normalised batch (``batch``, 3, *size), real GFLOPs per image,
     agreement with the faithful path, first-call time (compilation, capture) and peak
     memory of a later call (:func:`peak_memory`)."""
+    if not _is_segmentor(model):
+        return benchmark_model_inference(model, modes, size, batch, warmup, iters, seed)
     device = model.pixel_mean.device
     images = random_images(batch, size, device, seed)
     built = build_inference(model, modes, images)
@@ -296,7 +318,7 @@ def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int,
     base = statistics.median(times["faithful"]) if "faithful" in times else None
     for mode in built:
         logits, features, routing = outputs[mode.name]
-        real = model.image_flops(routing, images)[0]
+        real = model.image_flops(routing, images.shape, [{}] * batch)[0]
         real_gflops = float(real.mean()) * GIGA_PER_MEGA
         record = {
             "task": "inference",
@@ -318,6 +340,96 @@ def benchmark_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int,
         }
         if base is not None:
             record["speedup_vs_faithful"] = base / statistics.median(times[mode.name])
+        records.append(record)
+    return records
+
+
+def benchmark_model_inference(model: nn.Module, modes: Sequence[str], size: Tuple[int, int],
+                              batch: int, warmup: int, iters: int, seed: int = 0
+                              ) -> List[dict]:
+    """One record per mode for any routed model: latency of ``model(inputs)`` in eval mode
+    (``batch`` random uint8 images of ``size``) with the mode's ``fast_inference``, the time
+    of the routed network inside it, and the real / backbone GFLOPs the model reports."""
+    routed = routed_model(model)
+    network = routed.routed_network
+    device = next(network.parameters()).device
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    inputs = [{"image": (torch.rand(3, *size, generator=g) * 255).to(torch.uint8).to(device),
+               "height": size[0], "width": size[1]} for _ in range(batch)]
+    saved = routed.fast_inference
+    network_times: List[float] = []
+    started: List[float] = []
+    handles = [
+        network.register_forward_pre_hook(lambda m, a: started.append(time.perf_counter())),
+        network.register_forward_hook(
+            lambda m, a, o: network_times.append(time.perf_counter() - started.pop())),
+    ]
+    resolved = {name: resolve("inference", name, device) for name in modes}
+    engines = {name: (None if mode.options is None else FastInference(mode.options))
+               for name, mode in resolved.items()}
+
+    def runner(engine):
+        def run():
+            routed.fast_inference = engine
+            with torch.no_grad():
+                return model(inputs)
+        return run
+
+    runs = {name: runner(engine) for name, engine in engines.items()}
+    try:
+        outputs, memory, network_ms = {}, {}, {}
+        for name, run in runs.items():  # first call: builds the inference copy
+            start = time.perf_counter()
+            outputs[name] = run()
+            _sync(device)
+            memory[name] = {"first_call_s": time.perf_counter() - start,
+                            **peak_memory(run, device)}
+        per_mode = {name: [] for name in runs}
+
+        def timed(name, run):
+            def call():
+                del network_times[:]
+                run()
+                per_mode[name].append(sum(network_times))
+            return call
+
+        times = _interleaved({n: timed(n, r) for n, r in runs.items()}, warmup, iters, device)
+        for name in runs:
+            network_ms[name] = statistics.median(per_mode[name][-iters:]) * 1e3
+    finally:
+        routed.fast_inference = saved
+        for h in handles:
+            h.remove()
+    counting = routed.counting_size(routed.network_input(inputs).shape)
+    open_flops = all_open_flops(model, counting)
+    open_backbone = (open_flops["expected"] + open_flops["gates"] + open_flops["stem"]) * 1e-3
+    base = statistics.median(times["faithful"]) if "faithful" in times else None
+    records = []
+    for name in modes:
+        flops = [o["flops"] for o in outputs[name]]
+        backbone = statistics.mean(f["backbone"] for f in flops)
+        med = statistics.median(times[name])
+        record = {
+            "task": "inference",
+            "meta_architecture": type(model).__name__,
+            "mode": name,
+            "execution_plan": "faithful" if engines[name] is None
+            else "fast: " + engines[name].describe(),
+            "size": list(size),
+            "batch": batch,
+            **_stats(times[name]),
+            "images_per_s": batch / med,
+            "network_median_ms": network_ms[name],
+            "real_gflops": statistics.mean(f["real"] for f in flops),
+            "backbone_gflops": backbone,
+            "all_open_backbone_gflops": open_backbone,
+            "shut_backbone_flops_share": 1.0 - backbone / open_backbone,
+            **memory[name],
+            "options": None if engines[name] is None else engines[name].options.describe(),
+        }
+        if base is not None:
+            record["speedup_vs_faithful"] = base / med
         records.append(record)
     return records
 
@@ -381,6 +493,11 @@ def benchmark_training(model: nn.Module, modes: Sequence[str], size: Tuple[int, 
     """One record per mode: seconds per training step (forward, losses, backward, SGD step)
     on a random batch, images per second, first-step time (compilation) and peak memory of
     a later step (:func:`peak_memory`). Each mode trains its own copy."""
+    if not _is_segmentor(model):
+        raise ValueError(
+            f"--task train measures semantic segmentors only; {type(model).__name__} needs "
+            "its task's targets: use --task inference (or train it with train_net.py)."
+        )
     device = model.pixel_mean.device
     _check_modes("train", modes, device)
     classes = model.sem_seg_head.predictor.out_channels

@@ -13,7 +13,8 @@ graphs); on another device they are unavailable, with that reason.
 
 Bridges: where the model code already has a plan or switch but its options do not name it
 yet, a mode runs it through the options it has and sets the rest on the built module, and
-its records say so (``bridge``): the graph plans as a :class:`~dyn_seg.modeling.plans.GraphPlan`
+its records say so (``bridge``): the graph plans as a
+:class:`~dyn_seg.modeling.execution.plans.GraphPlan`
 set as an inference copy's plan, checkpointing as the backbone's ``checkpoint_cells``.
 Once the options accept the mode's own spelling, that is used instead.
 """
@@ -27,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from dyn_seg.modeling.transforms import InferenceOptions, TrainingOptions
+from dyn_seg.modeling.network.transforms import InferenceOptions, TrainingOptions
 
 __all__ = [
     "INFERENCE_MODE_SPECS",
@@ -212,9 +213,9 @@ def _spec(table: Dict[str, ModeSpec], name: str, kind: str) -> ModeSpec:
 
 def _graph_bridge(spec: ModeSpec, name: str, reasons: List[str]) -> Optional[ResolvedMode]:
     try:
-        from dyn_seg.modeling.plans import GraphPlan
+        from dyn_seg.modeling.execution.plans import GraphPlan
     except ImportError:
-        reasons.append("dyn_seg.modeling.plans has no GraphPlan")
+        reasons.append("dyn_seg.modeling.execution.plans has no GraphPlan")
         return None
     base = {k: v for k, v in spec.spellings[0].items() if k not in ("plan", "plan_name")}
     options = _build(InferenceOptions, ModeSpec((base,), spec.about), name, reasons)

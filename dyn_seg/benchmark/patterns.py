@@ -19,7 +19,7 @@ from fvcore.nn.precise_bn import get_bn_modules
 from torch import nn
 
 from dyn_seg.engine.bn_stats import recompute_bn_stats
-from dyn_seg.modeling.backbone import DynamicNetwork
+from dyn_seg.modeling.network.backbone import DynamicNetwork
 
 __all__ = [
     "GATE_PATTERN_UNITS",

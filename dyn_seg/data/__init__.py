@@ -7,20 +7,21 @@ Importing this package registers ``voc_2012_sem_seg_{train,val,train_aug}`` (laz
 """
 from .check import check_dataset, check_sem_seg_dataset, is_error, task_of_records
 from .imagenet import generate_synthetic_imagenet, register_all_imagenet
-from .roots import DatasetRootError, explain_missing_dataset_roots
+from .roots import DatasetRootError, explain_missing_dataset_roots, root_based_datasets
 from .task_loaders import explain_task_dataset_errors
 from .voc import convert_voc_labels, register_all_voc, register_pascal_voc_sem_seg
 
 register_all_voc()
 register_all_imagenet()
 explain_task_dataset_errors()  # damaged panoptic / instance files are named
-explain_missing_dataset_roots()  # a missing dataset folder names DETECTRON2_DATASETS
+# a missing dataset folder names DETECTRON2_DATASETS (detectron2's datasets and ours only)
+explain_missing_dataset_roots(root_based_datasets())
 
 
 def __getattr__(name):
     # the street-scene painter loads on first use, not with ``import dyn_seg``
     if name == "generate_synthetic_cityscapes":
-        from .synthetic import generate_synthetic_cityscapes
+        from ..synthetic import generate_synthetic_cityscapes
 
         return generate_synthetic_cityscapes
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

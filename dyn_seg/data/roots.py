@@ -3,16 +3,28 @@
 detectron2's builtin datasets (and ours) are read from ``$DETECTRON2_DATASETS``, or from
 ``./datasets`` when the variable is unset. A missing folder surfaces as a bare
 ``FileNotFoundError: ... 'datasets/cityscapes/leftImg8bit/train'`` from deep inside the
-loader. :func:`explain_missing_dataset_roots` wraps the loaders registered so far so that
-such an error names the variable, the folder it looked in and ``datasets/README.md``.
+loader. :func:`explain_missing_dataset_roots` wraps loaders so that such an error names the
+variable, the folder it looked in and ``datasets/README.md``; ``import dyn_seg`` wraps those
+that read from the dataset root (:func:`root_based_datasets`: detectron2's builtin
+datasets and dyn_seg's), never a user's own registrations.
 """
 from __future__ import annotations
 
 import os
+from typing import Iterable, List, Optional
 
 from detectron2.data import DatasetCatalog
 
-__all__ = ["DatasetRootError", "dataset_root_message", "explain_missing_dataset_roots"]
+__all__ = [
+    "DatasetRootError",
+    "dataset_root_message",
+    "explain_missing_dataset_roots",
+    "root_based_datasets",
+]
+
+#: Modules whose registered loaders read from ``$DETECTRON2_DATASETS``: detectron2's
+#: builtin datasets (``detectron2.data.datasets.builtin``) and dyn_seg's.
+ROOT_BASED_MODULES = ("detectron2.data.datasets", "dyn_seg.data")
 
 ENV = "DETECTRON2_DATASETS"
 
@@ -53,10 +65,16 @@ def _explained(name: str, loader):
     return load
 
 
-def explain_missing_dataset_roots() -> None:
-    """Wrap every dataset registered so far (detectron2's builtins, ours) so that a missing
+def root_based_datasets() -> List[str]:
+    """The registered datasets whose loaders are defined in :data:`ROOT_BASED_MODULES`."""
+    return [name for name in DatasetCatalog.list()
+            if getattr(DatasetCatalog[name], "__module__", "").startswith(ROOT_BASED_MODULES)]
+
+
+def explain_missing_dataset_roots(names: Optional[Iterable[str]] = None) -> None:
+    """Wrap the datasets ``names`` (default: every one registered so far) so that a missing
     file raises :class:`DatasetRootError` with :func:`dataset_root_message`."""
-    for name in DatasetCatalog.list():
+    for name in list(DatasetCatalog.list() if names is None else names):
         loader = DatasetCatalog[name]
         if getattr(loader, "explains_missing_root", False):
             continue  # already wrapped

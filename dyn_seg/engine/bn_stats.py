@@ -16,6 +16,8 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn.precise_bn import update_bn_stats
 from torch import nn
 
+from dyn_seg.modeling.meta_arch.routed import RoutedModel
+
 from .hooks import unwrap_model
 
 __all__ = ["PreciseBNWithoutDropPath", "drop_path_off", "recompute_bn_stats"]
@@ -26,11 +28,11 @@ def drop_path_off(model: nn.Module) -> Iterator[None]:
     """Run the body with the model's ``step_rate`` (and its backbone's) at 0, so scheduled
     drop path keeps every operation; restore both values afterwards, also on error.
 
-    ``model`` may be wrapped (``DistributedDataParallel``); a model without ``step_rate``
-    is left alone.
+    ``model`` may be wrapped (``DistributedDataParallel``); a model that is not a routed
+    model (:class:`~dyn_seg.modeling.meta_arch.routed.RoutedModel`) is left alone.
     """
-    holders = [m for m in (unwrap_model(model), getattr(unwrap_model(model), "backbone", None))
-               if m is not None and hasattr(m, "step_rate")]
+    inner = unwrap_model(model)
+    holders = [inner, inner.routed_network] if isinstance(inner, RoutedModel) else []
     saved = [m.step_rate for m in holders]
     try:
         for m in holders:

@@ -27,6 +27,7 @@ import torch
 from detectron2.engine import HookBase, hooks
 from torch import nn
 
+from .d2_internals import BeforeWriteMetrics
 from .hooks import unwrap_model
 
 __all__ = [
@@ -53,17 +54,15 @@ class NonFiniteLossError(FloatingPointError):
         self.losses = losses
 
 
-class NonFiniteLossCheck:
+class NonFiniteLossCheck(BeforeWriteMetrics):
     """Mixin for detectron2's ``SimpleTrainer`` / ``AMPTrainer``: before a step's metrics are
     written (and before its optimizer step), raise :class:`NonFiniteLossError` with the loss
     values when their sum is not finite."""
 
-    def _write_metrics(self, loss_dict: Mapping, data_time: float, prefix: str = "",
-                       iter: Optional[int] = None) -> None:
+    def before_write_metrics(self, loss_dict: Mapping) -> None:
         values = {k: v.detach() for k, v in loss_dict.items()}
         if values and not bool(torch.isfinite(sum(v.float() for v in values.values())).all()):
             raise NonFiniteLossError({k: float(v.float().mean()) for k, v in values.items()})
-        super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
 
 
 def last_checkpoint_file(checkpointer) -> Optional[str]:

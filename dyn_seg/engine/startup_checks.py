@@ -84,24 +84,22 @@ def check_crop_size(cfg: CfgNode, image_sizes: Sequence[Tuple[int, int]]) -> Opt
 def check_flops_all(cfg: CfgNode, model) -> Optional[str]:
     """A warning when ``MODEL.BUDGET.FLOPS_ALL`` differs from the network's all-open
     expected FLOPs at the counting size by more than :data:`FLOPS_ALL_TOLERANCE`x."""
-    from ..modeling.analysis import all_open_flops
+    from ..modeling.meta_arch.analysis import all_open_flops
+    from ..modeling.meta_arch.routed import routed_model
 
     budget = cfg.MODEL.BUDGET
     if not budget.CONSTRAIN:
         return None
-    if cfg.INPUT.FIX_SIZE_FOR_FLOPS:
-        size, where = tuple(int(v) for v in cfg.INPUT.FIX_SIZE_FOR_FLOPS), \
-            "INPUT.FIX_SIZE_FOR_FLOPS"
-    elif cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute":
-        size, where = tuple(int(v) for v in cfg.INPUT.CROP.SIZE), "the training crop"
-    else:
+    model = routed_model(model)  # unwraps DDP; a clear error for other models
+    network = model.routed_network
+    crop = None
+    if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute":
+        crop = tuple(int(v) for v in cfg.INPUT.CROP.SIZE)
+    if network.flops_size is None and crop is None:
         return None  # FLOPs are counted at each image's own size: nothing fixed to compare
-    model = getattr(model, "module", model)  # DDP
-    network = getattr(model, "routed_network", None)  # panoptic / instance: inside an FPN
-    if network is None:
-        network = getattr(model, "backbone", None)
-    if not hasattr(network, "flops_table"):
-        return None
+    # the one counting-size rule: INPUT.FIX_SIZE_FOR_FLOPS when set, else the crop's size
+    size = network.counting_size(crop or network.flops_size)
+    where = "INPUT.FIX_SIZE_FOR_FLOPS" if network.flops_size is not None else "the training crop"
     expected = all_open_flops(model, size)["expected"]
     ratio = expected / budget.FLOPS_ALL
     if 1 / FLOPS_ALL_TOLERANCE <= ratio <= FLOPS_ALL_TOLERANCE:

@@ -7,33 +7,19 @@ import os
 from collections import OrderedDict
 from typing import Dict, Iterator, Optional
 
-import detectron2.engine.defaults as d2_defaults
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from torch import nn
 
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.config import validate_config
-from dyn_seg.data.imagenet import (
-    build_classification_test_loader,
-    build_classification_train_loader,
-)
-from dyn_seg.data.robust_mapper import DynSegDatasetMapper
-from dyn_seg.evaluation import build_sem_seg_evaluator
-from dyn_seg.evaluation.classification import build_classification_evaluator
-from dyn_seg.modeling.classification import is_classification_config
-from dyn_seg.modeling.transforms import TrainingOptions, prepare_for_training
-from dyn_seg.tasks import (
-    build_task_evaluator,
-    build_task_test_loader,
-    build_task_train_loader,
-    task_of,
-)
+from dyn_seg.modeling.meta_arch.training import prepare_for_training
+from dyn_seg.modeling.network.transforms import TrainingOptions
+from dyn_seg.tasks import task_for
 
-from .augmentation import build_train_augmentations
 from .bn_stats import PreciseBNWithoutDropPath
+from .d2_internals import building_with, precise_bn_settings, replace_step
 from .ddp import create_ddp_model
 from .guards import NonFiniteGuard, NonFiniteLossCheck, explain_non_finite_loss
 from .hooks import StepRateHook, unwrap_model
@@ -77,15 +63,15 @@ def _forward_under_autocast(model: nn.Module, device_type: str, dtype: torch.dty
             active.pop().__exit__(None, None, None)
 
 
-@contextlib.contextmanager
-def _replaced(module, name: str, value) -> Iterator[None]:
-    """Set ``module.name`` to ``value`` inside the body, and back afterwards."""
-    saved = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
+def _check_tta(cfg: CfgNode) -> None:
+    """Test-time augmentation exists for the tasks whose registry entry says so."""
+    task = task_for(cfg)
+    if not task.tta:
+        raise ValueError(
+            f"TEST.AUG.ENABLED: test-time augmentation is for semantic segmentation; the "
+            f"{task.name} task of MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE} has "
+            "none. Set TEST.AUG.ENABLED False."
+        )
 
 
 class _SimpleTrainer(NonFiniteLossCheck, SimpleTrainer):
@@ -163,7 +149,7 @@ class Trainer(DefaultTrainer):
         # which passes device_ids=[local_rank] and so rejects CPU models; detectron2 offers
         # no build_* method for the wrapper, so ours (device_ids=None on the CPU) stands in
         # for it while DefaultTrainer builds.
-        with _replaced(d2_defaults, "create_ddp_model", create_ddp_model):
+        with building_with(create_ddp_model):
             super().__init__(cfg)
 
     def build_hooks(self):
@@ -176,6 +162,7 @@ class Trainer(DefaultTrainer):
         # before the PeriodicCheckpointer: NaN/Inf weights must stop training, not be saved
         ret.insert(1, NonFiniteGuard())
         if self.cfg.TEST.AUG.ENABLED:
+            _check_tta(self.cfg)  # the clear error now, not after training
             # Before the writer (the last hook on the main process), so that the results
             # also reach metrics.json.
             at = next(
@@ -188,12 +175,13 @@ class Trainer(DefaultTrainer):
         """Replace DefaultTrainer's ``SimpleTrainer``/``AMPTrainer`` by ours (same model,
         data loader and optimizer) and its ``DetectionCheckpointer`` by a
         :class:`DynSegCheckpointer` with the same model, folder and checkpointables."""
-        step = self._trainer
-        if self.cfg.SOLVER.AMP.ENABLED:
-            self._trainer = AutocastTrainer(step.model, step.data_loader, step.optimizer,
-                                            precision=amp_dtype(self.cfg))
-        else:
-            self._trainer = _SimpleTrainer(step.model, step.data_loader, step.optimizer)
+        def ours(step):
+            if self.cfg.SOLVER.AMP.ENABLED:
+                return AutocastTrainer(step.model, step.data_loader, step.optimizer,
+                                       precision=amp_dtype(self.cfg))
+            return _SimpleTrainer(step.model, step.data_loader, step.optimizer)
+
+        replace_step(self, ours)
         old = self.checkpointer
         self.checkpointer = DynSegCheckpointer(
             old.model, old.save_dir, allow_unsafe_pickle=self._allow_unsafe_pickle,
@@ -202,8 +190,7 @@ class Trainer(DefaultTrainer):
 
     def _without_drop_path(self, hook: hooks.PreciseBN) -> PreciseBNWithoutDropPath:
         """The same precise-BN pass (period, model, loader, batches), with drop path off."""
-        return PreciseBNWithoutDropPath(hook._period, hook._model, hook._data_loader,
-                                        hook._num_iter)
+        return PreciseBNWithoutDropPath(*precise_bn_settings(hook))
 
     def run_step(self) -> None:
         # a NaN/Inf loss stops training with the iteration and the last good checkpoint named
@@ -240,39 +227,24 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        if is_classification_config(cfg):  # image-level labels: crops, flips, no masks
-            return build_classification_train_loader(cfg)
-        if task_of(cfg) != "semantic":  # panoptic / instance: detectron2's mappers
-            return build_task_train_loader(cfg)
-        mapper = DynSegDatasetMapper(
-            cfg, is_train=True, augmentations=build_train_augmentations(cfg)
-        )
-        return build_detection_train_loader(cfg, mapper=mapper)
+        """The training loader of the config's task (:data:`dyn_seg.tasks.TASKS`)."""
+        return task_for(cfg).build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        if is_classification_config(cfg):
-            return build_classification_test_loader(cfg, dataset_name)
-        if task_of(cfg) != "semantic":
-            return build_task_test_loader(cfg, dataset_name)
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=DynSegDatasetMapper(cfg, is_train=False)
-        )
+        return task_for(cfg).build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        if is_classification_config(cfg):  # top-1 / top-5 and FLOPs
-            return build_classification_evaluator(cfg, dataset_name, output_folder)
-        if task_of(cfg) != "semantic":
-            return build_task_evaluator(cfg, dataset_name, output_folder)
-        return build_sem_seg_evaluator(cfg, dataset_name, output_folder)
+        return task_for(cfg).build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def test_with_TTA(cls, cfg: CfgNode, model: nn.Module) -> Dict:
         """Evaluate ``model`` with multi-scale + flip test-time augmentation (``TEST.AUG``);
         result keys get the suffix ``_TTA``."""
+        _check_tta(cfg)
         logger.info("Running inference with test-time augmentation ...")
         tta_model = SemanticSegmentorWithTTA(cfg, unwrap_model(model))
         evaluators = [

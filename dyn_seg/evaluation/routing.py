@@ -9,7 +9,7 @@ import numpy as np
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from dyn_seg.modeling.routing_stats import open_path_counts, open_rates
+from dyn_seg.modeling.cost.stats import open_path_counts, open_rates
 
 __all__ = ["RoutingEvaluator"]
 

@@ -1,7 +1,7 @@
 """The network as one exportable program: images in, segmentation, gates and GFLOPs out.
 
 :class:`ExportableSegmentor` wraps an :class:`~dyn_seg.modeling.InferenceCopy` of a
-semantic segmentor run by a :class:`~dyn_seg.modeling.plans.GraphPlan` (every routing
+semantic segmentor run by a :class:`~dyn_seg.modeling.execution.plans.GraphPlan` (every routing
 decision a device tensor), with the input normalisation in front. Its outputs are plain
 tensors under string keys, so ``torch.export``, the ONNX exporter and detectron2's
 ``TracingAdapter`` all flatten them:

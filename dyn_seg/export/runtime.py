@@ -121,7 +121,7 @@ def prepare_image(path: Optional[str], size: Tuple[int, int], seed: int = 0) -> 
             raise FileNotFoundError(f"Cannot read image {path!r} (missing or not an image).")
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
     else:
-        from dyn_seg.data.synthetic import render_scene
+        from dyn_seg.synthetic import render_scene
 
         rgb = render_scene(np.random.default_rng(seed), h, w)[0]
         image = rgb[:, :, ::-1]

@@ -1,16 +1,17 @@
 """Importing this package registers the backbone, head and meta-architecture."""
-from .backbone import DynamicNetwork, RoutingRecord, build_dynamic_routing_backbone
-from .budget import BudgetConstraint, budget_loss
-from .cell import GATE_EPS, RoutingCell
-from .classification import DynamicClassifier  # noqa: F401  (registration)
-from .context_heads import DynamicContextSemSegHead  # noqa: F401  (registration)
-from .gate import SoftGate
-from .meta_arch import DynamicSemanticSegmentor
-from .ops import CELL_OPERATIONS, known_operations
-from .plans import FaithfulPlan, FastPlan
-from .routing_space import build_routing_space
-from .sem_seg_head import DynamicSemSegHead
-from .transforms import FastInference, InferenceCopy, InferenceOptions, prepare_for_training
+from .cost.budget import BudgetConstraint, budget_loss
+from .execution.plans import FaithfulPlan, FastPlan
+from .heads.context import DynamicContextSemSegHead  # noqa: F401  (registration)
+from .heads.sem_seg import DynamicSemSegHead
+from .meta_arch.classification import DynamicClassifier  # noqa: F401  (registration)
+from .meta_arch.semantic import DynamicSemanticSegmentor
+from .meta_arch.training import prepare_for_training
+from .network.backbone import DynamicNetwork, RoutingRecord, build_dynamic_routing_backbone
+from .network.transforms import FastInference, InferenceCopy, InferenceOptions
+from .routing.cell import GATE_EPS, RoutingCell
+from .routing.gate import SoftGate
+from .routing.ops import CELL_OPERATIONS, known_operations
+from .routing.space import build_routing_space
 
 __all__ = [
     "BudgetConstraint",
@@ -34,9 +35,9 @@ __all__ = [
     "known_operations",
 ]
 
-from .panoptic import DynamicPanopticDeepLab  # noqa: E402  (registers the meta-architecture)
+from .meta_arch.panoptic import DynamicPanopticDeepLab  # noqa: E402  (registers the meta-architecture)
 
 __all__ += ["DynamicPanopticDeepLab"]
-from .rcnn import DynamicRCNN, build_dynamic_routing_fpn_backbone  # noqa: E402
+from .meta_arch.rcnn import DynamicRCNN, build_dynamic_routing_fpn_backbone  # noqa: E402
 
 __all__ += ["DynamicRCNN", "build_dynamic_routing_fpn_backbone"]

@@ -28,7 +28,7 @@ from matplotlib.colors import ListedColormap, Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..modeling.routing_space import DOWN, UP
+from ..modeling.routing.space import DOWN, UP
 from .stats import CellKey, RoutingSpace, RoutingStats, collect_routing_stats
 
 __all__ = [

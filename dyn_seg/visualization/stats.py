@@ -2,7 +2,7 @@
 
 The input is the model's inference output per image (``{"routing": {(layer, scale): alpha},
 "flops": {"real", "expected"}}``, see :class:`dyn_seg.modeling.DynamicSemanticSegmentor`);
-the routing space (:func:`dyn_seg.modeling.routing_space.build_routing_space`) says which
+the routing space (:func:`dyn_seg.modeling.routing.space.build_routing_space`) says which
 path each entry of ``alpha`` is. Nothing here needs a model or a GPU.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..modeling.routing_space import KEEP, CellSpec
-from ..modeling.routing_stats import GATE_EPS, image_shut, path_open
+from ..modeling.cost.stats import GATE_EPS, image_shut, path_open
+from ..modeling.routing.space import KEEP, CellSpec
 
 __all__ = ["RoutingStats", "collect_routing_stats", "RoutingSpace"]
 

@@ -7,15 +7,18 @@ import numpy as np
 from detectron2.data import Metadata, MetadataCatalog
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-__all__ = ["has_task_output", "render_task_prediction", "task_metadata"]
+__all__ = ["draws_task_overlay", "render_task_prediction", "task_metadata"]
+
+#: Task overlays (``dyn_seg.tasks.Task.overlay``) drawn by :func:`render_task_prediction`.
+TASK_OVERLAYS = ("panoptic_seg", "instances")
 
 
-def has_task_output(prediction: Dict) -> bool:
-    """Whether a model output is panoptic (``"panoptic_seg"``) or instance (``"instances"``
-    without ``"sem_seg"``) rather than semantic only."""
-    return "panoptic_seg" in prediction or (
-        "instances" in prediction and "sem_seg" not in prediction
-    )
+def draws_task_overlay(cfg) -> bool:
+    """Whether the config's task draws panoptic or instance predictions (its
+    :class:`dyn_seg.tasks.Task` says so) rather than a class map."""
+    from dyn_seg.tasks import task_for
+
+    return task_for(cfg).overlay in TASK_OVERLAYS
 
 
 def task_metadata(cfg) -> Metadata:
@@ -32,7 +35,7 @@ def render_task_prediction(image_bgr: np.ndarray, prediction: Dict, metadata: Me
     """RGB overlay (H, W, 3) of a panoptic segmentation (``"panoptic_seg"``) or of the
     instances (``"instances"``) of ``prediction`` on ``image_bgr``."""
     vis = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
-    if "panoptic_seg" in prediction:
+    if "panoptic_seg" in prediction:  # a panoptic model also outputs its instances
         panoptic, segments = prediction["panoptic_seg"]
         vis.draw_panoptic_seg(panoptic.cpu(), segments, alpha=alpha)
     else:

@@ -15,7 +15,15 @@ def ignore_safe_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignor
     ``F.cross_entropy(..., reduction="mean")``; 0 (with zero gradient) when every target
     is ``ignore_index``, where PyTorch's mean divides 0 by 0 and returns NaN (a label file
     without a valid pixel would stop training as if the learning rate were too high)."""
-    if bool((targets != ignore_index).any()):
-        return F.cross_entropy(logits, targets, weight=weight, reduction="mean",
-                               ignore_index=ignore_index)
-    return logits.sum() * 0.0
+    # no host read (a training step decides nothing on the host): the sum over the valid
+    # pixels divided by their (weighted) count, at least 1 -- the same reduction the mean
+    # performs, so the value is unchanged wherever a pixel is valid
+    total = F.cross_entropy(logits, targets, weight=weight, reduction="sum",
+                            ignore_index=ignore_index)
+    valid = targets != ignore_index
+    if weight is None:
+        count = valid.sum().to(total.dtype)
+    else:
+        count = weight[targets.clamp(min=0, max=weight.numel() - 1)].mul(valid).sum()
+    return total / count.clamp(min=1.0) if weight is None else total / torch.where(
+        count > 0, count, torch.ones_like(count))

@@ -11,25 +11,28 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..config_checks import check_model_config
-from .backbone import DynamicNetwork, RoutingRecord
-from .budget import BudgetConstraint
-from .export_guards import forbid_capture
-from .transforms import FastInference
+from ...config_checks import check_model_config
+from ..cost.budget import BudgetConstraint
+from ..execution.export_guards import forbid_capture
+from ..network.backbone import DynamicNetwork
+from ..network.transforms import FastInference
+from .routed import RoutedModel
 
 __all__ = ["DynamicSemanticSegmentor"]
 
 
 @META_ARCH_REGISTRY.register()
-class DynamicSemanticSegmentor(nn.Module):
-    """Semantic segmentation with a routed backbone.
+class DynamicSemanticSegmentor(RoutedModel, nn.Module):
+    """Semantic segmentation with a routed backbone (a :class:`RoutedModel`).
 
     Training returns ``{"loss_sem_seg", "loss_budget" (when active)}``; inference returns per
     image ``{"sem_seg": (C, H, W) logits, "flops": {"real", "expected", "backbone"} GFLOPs,
     "routing": {(layer, scale): (num_paths,) gate activations}}``.
 
     ``step_rate`` (training progress in [0, 1]) drives drop path and the budget warm-up; a
-    trainer hook sets it before every step.
+    trainer hook sets it before every step. ``fast_inference`` (``MODEL.FAST.*``, or None):
+    eval-mode forward then runs an inference copy of the network and the decoder
+    (:attr:`execution_plan`).
     """
 
     @configurable
@@ -47,13 +50,6 @@ class DynamicSemanticSegmentor(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
-        self.budget = budget or BudgetConstraint()
-        self.cal_flops = cal_flops
-        if self.budget.constrain and not cal_flops:
-            raise ValueError(
-                "MODEL.BUDGET.CONSTRAIN=True needs MODEL.CAL_FLOPS=True (the budget loss is a "
-                "function of the expected FLOPs)."
-            )
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError(
                 f"MODEL.PIXEL_MEAN={list(pixel_mean)} / MODEL.PIXEL_STD={list(pixel_std)} "
@@ -61,10 +57,28 @@ class DynamicSemanticSegmentor(nn.Module):
             )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.step_rate = 0.0
+        self.setup_routing(budget, cal_flops)
         # FastInference (a plain object, not a submodule) or None: eval-mode forward then
         # runs the fast plan on a transformed copy of these modules
         self.fast_inference = fast_inference
+
+    @property
+    def routed_network(self) -> DynamicNetwork:
+        return self.backbone
+
+    def dense_head_mflops(self, size: Tuple[int, int]) -> float:
+        # the decoder's analytic count depends on the size only: once per size
+        size = (int(size[0]), int(size[1]))
+        cache = self.__dict__.setdefault("_head_flops", {})
+        if size not in cache:
+            cache[size] = self.sem_seg_head.flops(size)
+        return cache[size]
+
+    def trace_heads(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.sem_seg_head(features)[0]
+
+    def compiled_heads(self) -> List[nn.Module]:
+        return [self.sem_seg_head]
 
     @classmethod
     def from_config(cls, cfg):
@@ -85,21 +99,15 @@ class DynamicSemanticSegmentor(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = []
-        for x in batched_inputs:
-            img = x["image"]
-            if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(
-                    f"Expected a (3, H, W) BGR image tensor, got shape {tuple(img.shape)} for "
-                    f"{x.get('file_name', 'an input')}; convert it to 3 channels "
-                    "(INPUT.FORMAT BGR)."
-                )
-            images.append((img.to(self.device) - self.pixel_mean) / self.pixel_std)
+        self.check_inputs(batched_inputs)
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
+                  for x in batched_inputs]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
         self.backbone.step_rate = float(self.step_rate)
+        shape = tuple(images.tensor.shape)
         logits = None
         if not self.training and self.fast_inference is not None:
             logits, features, routing = self.fast_inference(self, images.tensor)
@@ -115,11 +123,8 @@ class DynamicSemanticSegmentor(nn.Module):
                 self.sem_seg_head.ignore_value,
             ).tensor
             _, losses = self.sem_seg_head(features, targets, routing.feature_present)
-            losses.update(self.budget.losses(routing, self.step_rate))
-            real = expected = None
-            if self.cal_flops:
-                real, expected = self.image_flops(routing, images.tensor)
-            self.budget.log_routing(routing, real, expected)
+            losses.update(self.budget_losses(routing))
+            self.log_routing(routing, shape, batched_inputs)
             return losses
 
         if logits is None:
@@ -127,33 +132,9 @@ class DynamicSemanticSegmentor(nn.Module):
         # per-image results read the record on the host: a trace would freeze them
         forbid_capture("DynamicSemanticSegmentor's per-image results (host floats, "
                        "(layer, scale) keys)")
-        real, expected = self.image_flops(routing, images.tensor)
-        backbone = routing.backbone_flops
         results = []
-        for i, (result, inp, size) in enumerate(
-            zip(logits, batched_inputs, images.image_sizes)
-        ):
+        for result, inp, size in zip(logits, batched_inputs, images.image_sizes):
             height = inp.get("height", size[0])
             width = inp.get("width", size[1])
-            out = {"sem_seg": sem_seg_postprocess(result, size, height, width)}
-            if self.cal_flops:
-                out["flops"] = {
-                    "real": float(real[i]) * 1e-3,
-                    "expected": float(expected[i]) * 1e-3,
-                    "backbone": float(backbone[i]) * 1e-3,
-                }
-            out["routing"] = {
-                key: cell.alpha[i].detach()
-                for key, cell in routing.cells.items()
-                if cell.alpha is not None
-            }
-            results.append(out)
-        return results
-
-    def image_flops(self, routing: RoutingRecord, images: torch.Tensor
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-image (real, expected) MFLOPs: real = cells + stem + head, expected = cells."""
-        size = self.backbone.counting_size(images)
-        head = self.sem_seg_head.flops(size)
-        real = routing.backbone_flops + head
-        return real.detach(), routing.expected_flops.detach()
+            results.append({"sem_seg": sem_seg_postprocess(result, size, height, width)})
+        return self.add_routing_outputs(results, routing, shape, batched_inputs)

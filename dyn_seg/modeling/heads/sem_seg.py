@@ -10,9 +10,9 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from .cell import Presence, any_present
-from .flops import MEGA, conv_flops, decoder_map_size
-from .layers import ConvSpec, build_conv, kaiming_init, pointwise
+from ..cost.flops import MEGA, conv_flops, decoder_map_size
+from ..routing.cell import Presence, any_present
+from ..routing.layers import ConvSpec, build_conv, kaiming_init, pointwise
 
 __all__ = ["DynamicSemSegHead"]
 

@@ -15,8 +15,8 @@ from typing import Callable, Dict, Sequence, Tuple
 import torch
 from torch.utils._pytree import tree_map_only
 
-from .backbone import RoutingRecord
-from .flops import CellRouting
+from ..cost.flops import CellRouting
+from ..cost.record import RoutingRecord
 
 __all__ = ["CapturedForward", "flatten_record", "unflatten_record"]
 

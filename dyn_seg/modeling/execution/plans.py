@@ -31,7 +31,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .cell import (
+from ..cost.flops import CellRouting
+from ..routing.cell import (
     CellOutputs,
     Presence,
     any_present,
@@ -41,9 +42,8 @@ from .cell import (
     negate,
     transition_shape,
 )
+from ..routing.space import DOWN, KEEP, UP, CellSpec
 from .export_guards import forbid_capture
-from .flops import CellRouting
-from .routing_space import DOWN, KEEP, UP, CellSpec
 
 __all__ = ["CellPlan", "FaithfulPlan", "FastPlan", "GraphPlan", "RoutedSignal", "aggregate",
            "plan_cell"]

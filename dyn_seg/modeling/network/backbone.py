@@ -1,8 +1,8 @@
 """The Dynamic Routing backbone: fixed stem, init cell and the routing space of cells."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+import contextlib
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -10,21 +10,21 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from .cell import Presence, RoutingCell
-from .export_guards import forbid_capture
-from .flops import (
+from ..cost.flops import (
     CellFlops,
-    CellRouting,
     RoutingCosts,
     cell_flops,
     routing_costs,
     routing_flops,
     stem_flops,
 )
-from .layers import ConvSpec, build_convs, depthwise, kaiming_init, pointwise
-from .ops import operation_specs, validate_cell_type
-from .plans import FaithfulPlan
-from .routing_space import (
+from ..cost.record import RoutingRecord, RoutingRecorder
+from ..execution.export_guards import forbid_capture
+from ..execution.plans import FaithfulPlan
+from ..routing.cell import RoutingCell
+from ..routing.layers import ConvSpec, build_convs, depthwise, kaiming_init, pointwise
+from ..routing.ops import operation_specs, validate_cell_type
+from ..routing.space import (
     CellSpec,
     RoutingSpaceError,
     build_routing_space,
@@ -32,7 +32,7 @@ from .routing_space import (
     feature_names,
 )
 
-__all__ = ["DynamicNetwork", "RoutingRecord", "stem_layer_specs"]
+__all__ = ["DynamicNetwork", "RoutingRecord", "RoutingRecorder", "stem_layer_specs"]
 
 
 def stem_layer_specs(init_channel: int, stem_width: int = 64, separable: bool = True
@@ -55,58 +55,22 @@ def stem_layer_specs(init_channel: int, stem_width: int = 64, separable: bool = 
     ]
 
 
-@dataclass
-class RoutingRecord:
-    """What the routing did for a batch.
-
-    ``routing``: per cell ``(layer, scale)`` (layer -1 = init cell) its gate activations and
-    flags as the plan left them (device tensors for plans that decide on the device);
-    :attr:`cells` is the host-side view. ``expected_flops`` / ``real_flops``: (N,) MFLOPs of
-    the routed cells per image (expected is differentiable through the gates), computed on
-    the device; ``stem_flops``: MFLOPs of the stem (counted in real FLOPs only).
-    ``feature_present``: per output feature whether its cell received anything (a feature
-    that did not is zeros).
-    """
-
-    routing: Dict[Tuple[int, int], CellRouting]
-    expected_flops: torch.Tensor
-    real_flops: torch.Tensor
-    stem_flops: float
-    feature_present: Dict[str, Presence] = field(default_factory=dict)
-    _cells: Optional[Dict[Tuple[int, int], CellRouting]] = field(default=None, repr=False)
-
-    @property
-    def cells(self) -> Dict[Tuple[int, int], CellRouting]:
-        """Per cell: activations (None where the cell received nothing) and whether it was
-        dropped, as host-side bools: read back once, after the forward pass."""
-        if self._cells is None:
-            flags = [f for c in self.routing.values() if c.on_device
-                     for f in (c.dropped, c.present) if isinstance(f, torch.Tensor)]
-            values = iter(torch.stack(flags).tolist()) if flags else iter(())
-            cells = {}
-            for key, c in self.routing.items():
-                if not c.on_device:
-                    cells[key] = c
-                    continue
-                dropped = c.dropped if isinstance(c.dropped, bool) else next(values)
-                present = c.present if isinstance(c.present, bool) else next(values)
-                cells[key] = c.host(dropped, present)
-            self._cells = cells
-        return self._cells
-
-    @property
-    def backbone_flops(self) -> torch.Tensor:
-        """(N,) real MFLOPs of the whole routed network per image: stem + cells."""
-        return self.real_flops.detach() + self.stem_flops
-
-
 class DynamicNetwork(Backbone):
     """Stem + init cell + ``layer_num`` layers of routing cells.
 
     ``forward(x)`` returns the features ``layer_0`` ... (keep outputs of the last layer's
-    cells, strides 4, 8, 16, 32); :meth:`forward_with_routing` also returns the
-    :class:`RoutingRecord`. A feature is None at inference when its cell received nothing.
+    cells, strides 4, 8, 16, 32) as tensors, a feature whose cell received nothing as zeros
+    of its shape, so that any detectron2 head takes them; its :class:`RoutingRecord` goes to
+    the recorders of :meth:`recording`. :meth:`forward_with_routing` returns both.
+
+    ``inference``: an optional :class:`~dyn_seg.modeling.network.transforms.FastInference` (a
+    plain attribute, never in the state dict). When set, eval-mode ``forward`` runs its
+    inference copy of this network (folded norms, the fast plan: closed paths are not
+    computed); forward hooks on this module still fire, hooks on its submodules do not
+    (they are not the modules that run). Training always runs these modules.
     """
+
+    inference = None  # FastInference or None (see the class docstring)
 
     @configurable
     def __init__(
@@ -240,15 +204,57 @@ class DynamicNetwork(Backbone):
     def padding_constraints(self) -> Dict[str, int]:
         return {"size_divisibility": self._max_stride}
 
-    def forward(self, x: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
-        return self.forward_with_routing(x)[0]
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.inference is not None and not self.training:
+            features, record = self.inference.run_network(self, x)
+        else:
+            features, record = self.forward_with_routing(x)
+        recorders = self.__dict__.get("_recorders")
+        if recorders:
+            recorders[-1].append(record, x.shape)
+        return self.dense_features(features, x)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[RoutingRecorder]:
+        """While active, every :meth:`forward` appends its record to the yielded
+        :class:`RoutingRecorder` (nested recordings: the innermost receives it)."""
+        recorder = RoutingRecorder()
+        stack = self.__dict__.setdefault("_recorders", [])
+        stack.append(recorder)
+        try:
+            yield recorder
+        finally:
+            stack.remove(recorder)
+
+    @property
+    def execution_plan(self) -> str:
+        """What eval-mode :meth:`forward` runs: ``"faithful"`` (these modules, every path)
+        or the inference copy's description (:meth:`FastInference.describe`)."""
+        return "faithful" if self.inference is None else self.inference.describe()
+
+    def dense_features(self, features: Dict[str, Optional[torch.Tensor]], x: torch.Tensor
+                       ) -> Dict[str, torch.Tensor]:
+        """``features`` with every None (a cell that received nothing) replaced by zeros of
+        the feature's shape for input ``x``: what that cell contributes."""
+        if all(v is not None for v in features.values()):
+            return features
+        shapes = self.output_shape()
+        out = {}
+        for name, value in features.items():
+            if value is None:
+                s = shapes[name]
+                value = x.new_zeros(x.shape[0], s.channels, -(-x.shape[-2] // s.stride),
+                                    -(-x.shape[-1] // s.stride))
+            out[name] = value
+        return out
 
     def forward_with_routing(
         self, x: torch.Tensor, plan=None
     ) -> Tuple[Dict[str, Optional[torch.Tensor]], RoutingRecord]:
         """Run the network on normalised, padded images (N, 3, H, W).
 
-        ``plan``: how to execute (:mod:`dyn_seg.modeling.plans`); None is the faithful plan.
+        ``plan``: how to execute (:mod:`dyn_seg.modeling.execution.plans`); None is the
+        faithful plan.
         Returns the feature dict and the :class:`RoutingRecord` of this batch.
         """
         if x.dim() != 4 or x.shape[1] != 3:
@@ -285,11 +291,14 @@ class DynamicNetwork(Backbone):
         expected, real = routing_flops(self.routing_costs(size), routing, x.shape[0], x)
         return features, RoutingRecord(routing, expected, real, stem, present)
 
-    def counting_size(self, x: torch.Tensor) -> Tuple[int, int]:
-        """(H, W) at which FLOPs are counted: ``flops_size``, else the (padded) input's."""
+    def counting_size(self, x) -> Tuple[int, int]:
+        """(H, W) at which FLOPs are counted: ``flops_size`` (``INPUT.FIX_SIZE_FOR_FLOPS``),
+        else the (padded) input's. ``x``: the input tensor or its shape. The one rule for
+        every FLOPs figure of every routed model (cells, stem and heads)."""
         if self.flops_size is not None:
             return self.flops_size
-        return int(x.shape[-2]), int(x.shape[-1])
+        shape = x.shape if torch.is_tensor(x) else tuple(x)
+        return int(shape[-2]), int(shape[-1])
 
     def flops_table(self, size: Tuple[int, int]) -> Tuple[Dict[Tuple[int, int], CellFlops], float]:
         """Static per-cell FLOPs and the stem's FLOPs (MFLOPs) at counting size ``size``."""

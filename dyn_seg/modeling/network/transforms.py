@@ -1,12 +1,15 @@
 """Transforms of the same modules for speed: inference copies and training switches.
 
-Inference (:class:`InferenceCopy`, used by ``DynamicSemanticSegmentor`` in eval mode when
-``MODEL.FAST.ENABLED``): a deep copy of the model's own backbone and decoder with batch
-norms folded into the convolutions (``torch.nn.utils.fusion.fuse_conv_bn_weights``),
+Inference (:class:`InferenceCopy`, cached per weights by :class:`FastInference`, used in
+eval mode by every routed model when ``MODEL.FAST.ENABLED``): a deep copy of the model's
+routed network, and of the semantic decoder where the model has one, with batch norms
+folded into the convolutions (``torch.nn.utils.fusion.fuse_conv_bn_weights``),
 channels_last, optional bfloat16 (the gates' last layer and the logits stay float32) and
 optional torch.compile of the static modules, run by the :class:`~.plans.FastPlan`.
+Panoptic, instance and classification heads run unchanged on the copy's features.
 
-Training (:func:`prepare_for_training`, ``MODEL.FAST.TRAIN_*``): channels_last weights and
+Training (``MODEL.FAST.TRAIN_*``, applied by
+:func:`dyn_seg.modeling.meta_arch.training.prepare_for_training`): channels_last weights and
 torch.compile of the static modules, in place; state-dict keys do not change. Mixed
 precision training is detectron2's ``AMPTrainer`` (``SOLVER.AMP.*``); the gates' last layer
 and the losses run in float32 under autocast.
@@ -26,11 +29,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.utils._pytree import tree_map_only
 
-from .backbone import RoutingRecord
-from .capture import CapturedForward, flatten_record, unflatten_record
-from .export_guards import forbid_capture
-from .gate import SoftGate
-from .plans import FastPlan, GraphPlan
+from ..cost.record import RoutingRecord
+from ..execution.capture import CapturedForward, flatten_record, unflatten_record
+from ..execution.export_guards import forbid_capture
+from ..execution.plans import FastPlan, GraphPlan
+from ..routing.gate import SoftGate
+from .backbone import DynamicNetwork
 
 __all__ = [
     "COMPILE_MODES",
@@ -42,7 +46,7 @@ __all__ = [
     "compile_modules",
     "fold_batch_norms",
     "fold_conv",
-    "prepare_for_training",
+    "static_modules",
 ]
 
 # torch.compile modes accepted by MODEL.FAST.COMPILE_MODE ("reduce-overhead" adds CUDA graphs)
@@ -163,10 +167,20 @@ def compile_modules(modules: Iterable[nn.Module], backend: str, mode: str = "def
     codes: Dict[object, CodeType] = {}
     for module in modules:
         kind = _compile_kind(module, backend, mode)
-        wrapper = _calling(module.forward)
+        wrapper = _calling(module._call_impl)
         # replace() always builds a new code object: one per kind
         wrapper.__code__ = codes.setdefault(kind, wrapper.__code__.replace())
-        module.forward = compile_function(wrapper, backend, mode)
+        _install_compiled_call(module, compile_function(wrapper, backend, mode))
+
+
+def _install_compiled_call(module: nn.Module, compiled) -> None:
+    """Make ``module(...)`` run ``compiled`` (which calls the module's own ``_call_impl``:
+    hooks, then ``forward``). This is what ``nn.Module.compile`` does (it sets
+    ``_compiled_call_impl``, checked by ``nn.Module.__call__``; PyTorch 2.14), with our
+    compiled function instead of one sharing ``_call_impl``'s code object (and so its
+    compile cache) among all modules. ``forward`` and the state-dict keys stay as they are;
+    copies (``copy.deepcopy``, pickling) drop it, as they drop ``nn.Module.compile``."""
+    module._compiled_call_impl = compiled
 
 
 def _compile_kind(module: nn.Module, backend: str, mode: str) -> object:
@@ -275,7 +289,7 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
-def _static_modules(backbone: nn.Module):
+def static_modules(backbone: nn.Module):
     """The modules between two gate decisions: stem, operations, gate layers, transitions."""
     static = [backbone.stem]
     for cell in backbone.all_cells():
@@ -284,24 +298,47 @@ def _static_modules(backbone: nn.Module):
     return static
 
 
-class InferenceCopy(nn.Module):
-    """A transformed copy of a segmentor's backbone and decoder, run by a :class:`FastPlan`.
+class _Stride4Logits(nn.Module):
+    """The decoder's ``stride4_logits`` as a module of its own, so that it compiles like
+    the network's static modules (:func:`compile_modules`)."""
 
-    ``forward(images)``: normalised, padded images (N, 3, H, W) -> ``(logits, features,
-    routing)`` with float32 logits (N, classes, H, W) at input resolution, as the
-    faithful ``sem_seg_head`` returns them. Built from the current weights; rebuild after
-    they change (:class:`FastInference` does).
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features, present=None):
+        return self.head.stride4_logits(features, present)
+
+
+class InferenceCopy(nn.Module):
+    """A transformed copy of a routed network (and of a semantic decoder), run by a
+    :class:`FastPlan`.
+
+    ``InferenceCopy(network, options)`` (a :class:`DynamicNetwork`): ``forward(images)`` on
+    normalised, padded images (N, 3, H, W) returns ``(features, routing)`` as
+    ``network.forward_with_routing`` does. ``InferenceCopy(segmentor, options)`` (a
+    ``DynamicSemanticSegmentor``): the network and the decoder ``sem_seg_head``;
+    ``forward(images)`` returns ``(logits, features, routing)`` with float32 logits
+    (N, classes, H, W) at input resolution, as the faithful ``sem_seg_head`` returns them.
+    Built from the current weights; rebuild after they change (:class:`FastInference` does).
     """
 
-    def __init__(self, model: nn.Module, options: Optional[InferenceOptions] = None):
+    def __init__(self, source: nn.Module, options: Optional[InferenceOptions] = None):
         super().__init__()
         self.options = options or InferenceOptions()
         o = self.options
-        self.backbone = copy.deepcopy(model.backbone).eval()
-        self.head = copy.deepcopy(model.sem_seg_head).eval()
+        if isinstance(source, DynamicNetwork):
+            network, head = source, None
+        else:
+            network, head = source.backbone, source.sem_seg_head
+        # the network's own FastInference (with this copy in its cache) is not copied
+        self.backbone = copy.deepcopy(network, {id(network.inference): None}).eval()
+        self.head = None if head is None else copy.deepcopy(head).eval()
         self.plan = o.plan()
         self.dtype = torch.bfloat16 if o.bf16 else torch.float32
         for part in (self.backbone, self.head):
+            if part is None:
+                continue
             for p in part.parameters():
                 p.requires_grad_(False)
             if o.fold_bn:
@@ -313,17 +350,18 @@ class InferenceCopy(nn.Module):
                 m.fast_proj = True
         self.eval()
         self.program: Optional[CapturedForward] = None
-        if o.is_graph:
+        self.logits = None if self.head is None else _Stride4Logits(self.head)
+        if o.is_graph and self.head is not None:
             # the whole forward pass as one program: one graph to compile, capture, replay
             fn = self.graph_forward
             if o.compile:
                 fn = compile_function(fn, o.compile, o.compile_mode, fullgraph=True)
             self.program = CapturedForward(fn, o.cuda_graph)
         else:
-            compile_modules(_static_modules(self.backbone), o.compile, o.compile_mode)
-            if o.compile:
-                self.head.stride4_logits = compile_function(
-                    self.head.stride4_logits, o.compile, o.compile_mode)
+            # a network alone on a graph plan: the plan runs eagerly, its modules compiled
+            compile_modules(static_modules(self.backbone), o.compile, o.compile_mode)
+            if self.logits is not None:
+                compile_modules([self.logits], o.compile, o.compile_mode)
 
     def train(self, mode: bool = True):
         if mode:
@@ -334,7 +372,7 @@ class InferenceCopy(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Features, RoutingRecord]:
+    def forward(self, images: torch.Tensor):
         if self.program is not None:
             return self._assemble(images, self.program(images))
         return self._run(images)
@@ -343,11 +381,16 @@ class InferenceCopy(nn.Module):
         """``images`` in the copy's dtype and memory layout."""
         return images.to(self.dtype).contiguous(memory_format=self.options.memory_format)
 
-    def _run(self, images: torch.Tensor) -> Tuple[torch.Tensor, Features, RoutingRecord]:
+    def _run(self, images: torch.Tensor):
         x = self.cast_input(images)
         features, routing = self.backbone.forward_with_routing(x, self.plan)
+        if self.head is None:
+            if self.dtype != images.dtype:  # detectron2 heads take the input's dtype
+                features = {k: None if v is None else v.to(images.dtype)
+                            for k, v in features.items()}
+            return features, routing
         # float32 NCHW before the x4 upsampling: the 16x larger result costs far more
-        logits = self.head.stride4_logits(features, routing.feature_present).float().contiguous()
+        logits = self.logits(features, routing.feature_present).float().contiguous()
         return self.head.upsample(logits), features, routing
 
     def _layout(self) -> Tuple[list, list, list]:
@@ -376,13 +419,25 @@ class InferenceCopy(nn.Module):
         return logits, dict(zip(names, features)), record
 
 
-class FastInference:
-    """The eval-mode inference of a ``DynamicSemanticSegmentor`` on a cached copy.
+def _weights_key(module: nn.Module) -> tuple:
+    forbid_capture("FastInference's weight cache (keyed by data pointers)")
+    tensors = list(module.parameters()) + list(module.buffers())
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
 
-    Called as ``fast(model, images)``, it returns ``(logits, features, routing)`` from an
-    :class:`InferenceCopy` of ``model``'s current weights. The copy is rebuilt whenever a
-    parameter or buffer of ``model`` changes (optimizer steps, checkpoint loading, moving to
-    another device). A plain object, not a submodule: the copy never enters the state dict.
+
+class FastInference:
+    """The eval-mode inference of a routed model on cached copies (``MODEL.FAST.*``).
+
+    * ``fast(segmentor, images)`` -> ``(logits, features, routing)`` from an
+      :class:`InferenceCopy` of a ``DynamicSemanticSegmentor``'s network and decoder;
+    * ``fast.run_network(network, images)`` -> ``(features, routing)`` from an
+      :class:`InferenceCopy` of a :class:`DynamicNetwork` alone (what
+      ``DynamicNetwork.forward`` runs in eval mode for panoptic, instance and
+      classification models; their heads run on the features).
+
+    A copy is rebuilt whenever a parameter or buffer of its source changes (optimizer
+    steps, checkpoint loading, moving to another device). A plain object, not a submodule:
+    copies never enter the state dict; ``copy.deepcopy`` gives a new, empty cache.
     """
 
     def __init__(self, options: Optional[InferenceOptions] = None):
@@ -395,23 +450,30 @@ class FastInference:
         """``MODEL.FAST.*``; None when ``MODEL.FAST.ENABLED`` is False."""
         return cls(InferenceOptions.from_config(cfg)) if cfg.MODEL.FAST.ENABLED else None
 
-    @staticmethod
-    def _weights_key(model: nn.Module) -> tuple:
-        forbid_capture("FastInference's weight cache (keyed by data pointers)")
-        tensors = list(model.parameters()) + list(model.buffers())
-        return tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    def __deepcopy__(self, memo) -> FastInference:
+        return FastInference(self.options)
 
-    def inference_copy(self, model: nn.Module) -> InferenceCopy:
-        """The copy of ``model``, rebuilt if its weights changed since the last call."""
-        key = self._weights_key(model)
+    def describe(self) -> str:
+        """The options as ``key=value`` text (what ``execution_plan`` shows)."""
+        return ", ".join(f"{k}={v}" for k, v in self.options.describe().items())
+
+    _weights_key = staticmethod(_weights_key)
+
+    def inference_copy(self, source: nn.Module) -> InferenceCopy:
+        """The copy of ``source``, rebuilt if its weights changed since the last call."""
+        key = (id(source), _weights_key(source))
         if self._copy is None or key != self._key:
-            self._copy = InferenceCopy(model, self.options)
+            self._copy = InferenceCopy(source, self.options)
             self._key = key
         return self._copy
 
     def __call__(self, model: nn.Module, images: torch.Tensor
                  ) -> Tuple[torch.Tensor, Features, RoutingRecord]:
         return self.inference_copy(model)(images)
+
+    def run_network(self, network: nn.Module, images: torch.Tensor
+                    ) -> Tuple[Features, RoutingRecord]:
+        return self.inference_copy(network)(images)
 
 
 TRAIN_COMPILE_SCOPES = ("modules", "network")
@@ -441,26 +503,3 @@ class TrainingOptions:
         f = cfg.MODEL.FAST
         return cls(f.TRAIN_CHANNELS_LAST, f.TRAIN_COMPILE, f.COMPILE_MODE,
                    f.TRAIN_COMPILE_SCOPE, f.TRAIN_CHECKPOINT)
-
-
-def prepare_for_training(model: nn.Module, cfg) -> nn.Module:
-    """Apply ``MODEL.FAST.TRAIN_*`` to a segmentor in place.
-
-    ``cfg``: a config or :class:`TrainingOptions`. channels_last converts the weights
-    (convolutions then run NHWC); compile with scope "modules" compiles the static modules'
-    forwards (stem, operations, gates, transitions, decoder) so that a changing
-    ``step_rate`` or drop-path draw never recompiles; with scope "network" the routed
-    network's forward pass is one graph (``fullgraph=True``: the faithful plan has no host
-    decision). checkpoint recomputes each cell in the backward pass. State-dict keys stay
-    the same. Returns ``model``.
-    """
-    options = cfg if isinstance(cfg, TrainingOptions) else TrainingOptions.from_config(cfg)
-    if options.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.backbone.checkpoint_cells = options.checkpoint
-    if options.compile and options.compile_scope == "network":
-        model.backbone.compile_routing(options.compile, options.compile_mode)
-    elif options.compile:
-        compile_modules(_static_modules(model.backbone) + [model.sem_seg_head],
-                        options.compile, options.compile_mode)
-    return model

@@ -18,7 +18,7 @@ from torch import nn
 from .gate import SoftGate
 from .layers import ConvSpec, build_conv
 from .ops import CellOperation
-from .routing_space import DOWN, KEEP, UP, CellSpec
+from .space import DOWN, KEEP, UP, CellSpec
 
 # A gate activation (or a sum of them) below this is "closed" (reference threshold). The
 # one threshold of the method: dropping, shut images, real FLOPs and routing statistics.

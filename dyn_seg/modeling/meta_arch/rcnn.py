@@ -1,6 +1,7 @@
 """Mask R-CNN (detectron2's ``GeneralizedRCNN``) on an FPN over the routed backbone."""
 from __future__ import annotations
 
+import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -10,8 +11,14 @@ from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, Generaliz
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 
-from .backbone import DynamicNetwork
-from .routed import RoutedMetaArchMixin, budget_from_config, count_module_mflops
+from ..network.backbone import DynamicNetwork
+from ..network.transforms import FastInference
+from .routed import (
+    RoutedMetaArchMixin,
+    budget_from_config,
+    count_dense_head_mflops,
+    count_module_mflops,
+)
 
 __all__ = ["DynamicRCNN", "build_dynamic_routing_fpn_backbone"]
 
@@ -41,26 +48,26 @@ def build_dynamic_routing_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     )
 
 
-class _FPNAndRPNHead(nn.Module):
-    """FPN (top-down and lateral layers) and the RPN's convolutional head as one module of
-    the bottom-up features, for fvcore's tracer: the bottom-up network's call inside the
-    FPN returns the given features."""
+class _GivenFeatures(nn.Module):
+    """A stand-in bottom-up network that returns the features it was given."""
 
-    def __init__(self, model: GeneralizedRCNN, network: DynamicNetwork, names: List[str]):
+    def __init__(self, features: Dict[str, torch.Tensor]):
         super().__init__()
-        self.fpn = model.backbone
-        self.rpn = model.proposal_generator
-        self.network = network
-        self.names = names
+        self.features = features
 
-    def forward(self, image, *tensors):
-        features = dict(zip(self.names, tensors))
-        self.network.forward = lambda x: features
-        try:
-            pyramid = self.fpn(image)
-        finally:
-            del self.network.forward
-        return self.rpn.rpn_head([pyramid[f] for f in self.rpn.in_features])
+    def forward(self, image):
+        return self.features
+
+
+def _fpn_on(fpn: FPN, bottom_up: nn.Module) -> FPN:
+    """A view of ``fpn`` (the same lateral, output and top-block modules) whose bottom-up
+    network is ``bottom_up``. ``FPN.forward`` calls ``self.bottom_up(x)`` first and only
+    reads ``bottom_up`` through that attribute (detectron2 0.7.2's ``FPN``): a shallow copy
+    with its own module table replaces it without touching ``fpn``."""
+    view = copy.copy(fpn)
+    view._modules = dict(fpn._modules)  # the copy's own table; the same child modules
+    view._modules["bottom_up"] = bottom_up
+    return view
 
 
 @META_ARCH_REGISTRY.register()
@@ -68,18 +75,19 @@ class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
     """detectron2's ``GeneralizedRCNN`` (RPN, ROI heads, losses, post-processing unchanged)
     with ``build_dynamic_routing_fpn_backbone``; outputs per image ``"instances"`` plus
     ``"flops"`` and ``"routing"``, training adds ``loss_budget``
-    (see :mod:`dyn_seg.modeling.routed`).
+    (see :mod:`dyn_seg.modeling.meta_arch.routed`).
 
-    Real FLOPs of the heads: FPN + RPN head at the padded input size, the box head (and
+    Real FLOPs of the heads: FPN + RPN head at the counting size, the box head (and
     predictor) once per proposal of the image, the mask head once per detection (at
     inference; in training once per foreground ROI the heads sampled, shared evenly by the
-    images of the batch). Anchor generation, NMS and ROI pooling are not counted.
+    images of the batch). Anchor generation, NMS and ROI pooling are not counted. In eval
+    mode the routed network runs its inference copy on the fast plan (``MODEL.FAST.*``).
     """
 
     @configurable
-    def __init__(self, *, budget, cal_flops: bool = True, **kwargs):
+    def __init__(self, *, budget, cal_flops: bool = True, fast_inference=None, **kwargs):
         super().__init__(**kwargs)
-        self.setup_routing(budget, cal_flops)
+        self.setup_routing(budget, cal_flops, fast_inference)
         self._dense_flops: Dict[Tuple[int, int], float] = {}
         self._roi_flops: Dict[str, float] = {}
         self._counts: Dict[str, object] = {}
@@ -96,6 +104,7 @@ class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
         ret = super().from_config(cfg)
         ret["budget"] = budget_from_config(cfg)
         ret["cal_flops"] = cfg.MODEL.CAL_FLOPS
+        ret["fast_inference"] = FastInference.from_config(cfg)
         return ret
 
     def _record_proposals(self, module, inputs, output) -> None:
@@ -126,11 +135,11 @@ class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
                     (torch.zeros(1, channels, *_pair(msize), device=self.device),))
         return self._roi_flops["box"], self._roi_flops["mask"]
 
-    def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
+    def head_mflops(self, size: Tuple[int, int], batched_inputs: List[Dict],
                     outputs: Optional[List[Dict]]) -> torch.Tensor:
         n = len(batched_inputs)
         box, mask = self._roi_head_mflops()
-        dense = torch.full((n,), self.dense_head_mflops(image_size))
+        dense = torch.full((n,), self.dense_head_mflops(size))
         if outputs is not None:
             proposals = torch.tensor(self._counts.get("proposals", [0] * n), dtype=torch.float)
             detections = torch.tensor([len(o["instances"]) for o in outputs], dtype=torch.float)
@@ -139,24 +148,21 @@ class DynamicRCNN(RoutedMetaArchMixin, GeneralizedRCNN):
         fg = float(self._counts.get("mask", 0)) / n
         return dense + box * rois + mask * fg
 
-    def dense_head_mflops(self, image_size: Tuple[int, int]) -> float:
-        """FPN + RPN head MFLOPs for an image padded to ``image_size`` (the per-ROI box and
-        mask heads depend on the detections and are counted per image in :meth:`head_mflops`)."""
-        image_size = (int(image_size[0]), int(image_size[1]))
-        if image_size not in self._dense_flops:
-            network = self.routed_network
-            shapes = network.output_shape()
-            names = sorted(shapes)
-            h, w = image_size
-            feats = tuple(
-                torch.zeros(1, shapes[k].channels, h // shapes[k].stride,
-                            w // shapes[k].stride, device=self.device)
-                for k in names
-            )
-            image = torch.zeros(1, 3, h, w, device=self.device)
-            self._dense_flops[image_size] = count_module_mflops(
-                _FPNAndRPNHead(self, network, names), (image,) + feats)
-        return self._dense_flops[image_size]
+    def dense_head_mflops(self, size: Tuple[int, int]) -> float:
+        """FPN + RPN head MFLOPs at counting size ``size`` (the per-ROI box and mask heads
+        depend on the detections and are counted per image in :meth:`head_mflops`)."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._dense_flops:
+            self._dense_flops[size] = count_dense_head_mflops(self, size)
+        return self._dense_flops[size]
+
+    def trace_heads(self, features: Dict[str, torch.Tensor]):
+        """FPN (top-down and lateral layers, on the given bottom-up features) and the RPN's
+        convolutional head."""
+        given = _GivenFeatures(features)
+        pyramid = _fpn_on(self.backbone, given)(next(iter(features.values())))
+        rpn = self.proposal_generator
+        return rpn.rpn_head([pyramid[f] for f in rpn.in_features])
 
 
 def _pair(size) -> Tuple[int, int]:

@@ -11,7 +11,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from .cell import GATE_EPS, image_shut
+from ..routing.cell import GATE_EPS, image_shut
 
 __all__ = ["GATE_EPS", "image_shut", "open_path_counts", "open_rates", "path_open"]
 

@@ -2,7 +2,7 @@
 
 Every convolution of the network (stem, cell operations, transitions, gate, decoder) is
 described by a :class:`ConvSpec`. :func:`build_conv` turns a spec into a detectron2
-``Conv2d`` (with its norm and ReLU), and :mod:`dyn_seg.modeling.flops` counts the same spec,
+``Conv2d`` (with its norm and ReLU), and :mod:`dyn_seg.modeling.cost.flops` counts the same spec,
 so that the modules and the FLOPs accounting cannot drift apart.
 """
 from __future__ import annotations

@@ -12,53 +12,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from .backbone import DynamicNetwork
-from .budget import BudgetConstraint
-from .flops import MEGA, scale_size
+from ..cost.budget import BudgetConstraint
+from ..cost.flops import MEGA, scale_size
+from ..network.backbone import DynamicNetwork
+from ..network.transforms import FastInference
 from .routed import RoutedMetaArchMixin
 
 __all__ = [
     "DynamicClassifier",
     "GlobalPoolClassificationHead",
     "ImageClassifier",
-    "add_classification_config",
-    "is_classification_config",
 ]
-
-#: Meta-architectures trained on image-level labels (their data, mapper and evaluator
-#: differ from segmentation's).
-CLASSIFICATION_META_ARCHITECTURES = ("DynamicClassifier",)
-
-
-def is_classification_config(cfg: CN) -> bool:
-    """Whether ``cfg`` builds a classification model (``MODEL.META_ARCHITECTURE``)."""
-    return cfg.MODEL.META_ARCHITECTURE in CLASSIFICATION_META_ARCHITECTURES
-
-
-def add_classification_config(cfg: CN) -> CN:
-    """Keys of the classification meta-architecture and its data, in place."""
-    cfg.MODEL.CLASSIFIER = CN()
-    # Number of classes (1000 for ImageNet-1k).
-    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 1000
-    # Backbone features that are globally average-pooled and concatenated before the linear
-    # classifier; the coarsest (stride 32) one by default.
-    cfg.MODEL.CLASSIFIER.IN_FEATURES = ["layer_3"]
-    cfg.INPUT.CLASSIFICATION = CN()
-    # Training: random resized crop to CROP_SIZE x CROP_SIZE covering MIN_SCALE..1 of the
-    # image area (aspect ratio 3/4..4/3), then a horizontal flip with probability 0.5.
-    cfg.INPUT.CLASSIFICATION.CROP_SIZE = 224
-    cfg.INPUT.CLASSIFICATION.MIN_SCALE = 0.08
-    # Testing: resize the short edge to TEST_RESIZE, then a centre crop of CROP_SIZE.
-    cfg.INPUT.CLASSIFICATION.TEST_RESIZE = 256
-    return cfg
-
 
 class GlobalPoolClassificationHead(nn.Module):
     """Global average pooling of each feature in ``in_features``, concatenated, then a
@@ -164,7 +134,8 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
 
     Inference adds per image ``"flops": {"real", "expected", "backbone"}`` GFLOPs and
     ``"routing"`` (gate activations per cell); training adds ``loss_budget`` when active,
-    through the mechanism every routed meta-architecture shares (:mod:`dyn_seg.modeling.routed`).
+    through the mechanism every routed meta-architecture shares
+    (:mod:`dyn_seg.modeling.meta_arch.routed`).
     ``MODEL.GATE.GATE_ON False`` gives the paper's Network-Fix; with gates,
     ``MODEL.BUDGET.*`` adds the same budget loss as segmentation. Real FLOPs = cells + stem
     + the pooling / linear head.
@@ -172,7 +143,7 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
 
     @configurable
     def __init__(self, *, budget: Optional[BudgetConstraint] = None, cal_flops: bool = True,
-                 **kwargs):
+                 fast_inference=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(self.backbone, DynamicNetwork):
             raise ValueError(
@@ -180,16 +151,21 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
                 "(MODEL.BACKBONE.NAME build_dynamic_routing_backbone), got "
                 f"{type(self.backbone).__name__}."
             )
-        self.setup_routing(budget or BudgetConstraint(), cal_flops)
+        self.setup_routing(budget, cal_flops, fast_inference)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret["budget"] = BudgetConstraint.from_config(cfg)
         ret["cal_flops"] = cfg.MODEL.CAL_FLOPS
+        ret["fast_inference"] = FastInference.from_config(cfg)
         return ret
 
-    def head_mflops(self, image_size: Tuple[int, int], batched_inputs: List[Dict],
-                    outputs: Optional[List[Dict]]) -> torch.Tensor:
-        size = self.backbone.flops_size or image_size
-        return torch.full((len(batched_inputs),), self.cls_head.flops(size))
+    def dense_head_mflops(self, size: Tuple[int, int]) -> float:
+        return self.cls_head.flops(size)
+
+    def trace_heads(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.cls_head(features)
+
+    def compiled_heads(self) -> List[nn.Module]:
+        return [self.cls_head]

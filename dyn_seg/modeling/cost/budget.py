@@ -13,8 +13,8 @@ from typing import Dict, Optional
 import torch
 from detectron2.utils.events import get_event_storage
 
-from .backbone import RoutingRecord
-from .routing_stats import open_path_counts, open_rates
+from .record import RoutingRecord
+from .stats import open_path_counts, open_rates
 
 __all__ = ["BudgetConstraint", "budget_loss", "budget_weight"]
 

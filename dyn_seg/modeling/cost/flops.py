@@ -22,10 +22,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .cell import GATE_EPS, transition_specs
-from .gate import gate_specs, small_gate_size
-from .layers import ConvSpec
-from .routing_space import CellSpec
+from ..routing.cell import GATE_EPS, transition_specs
+from ..routing.gate import gate_specs, small_gate_size
+from ..routing.layers import ConvSpec
+from ..routing.space import CellSpec
 
 MEGA = 1e6
 

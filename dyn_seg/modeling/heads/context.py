@@ -12,7 +12,7 @@ level on its top-down pass:
 * ``"ASPP"``: detectron2's :class:`~detectron2.layers.ASPP` (DeepLabV3) with C output
   channels.
 
-FLOPs follow the project's counting rules (:mod:`dyn_seg.modeling.flops`) on the true map
+FLOPs follow the project's counting rules (:mod:`dyn_seg.modeling.cost.flops`) on the true map
 size of the coarsest stride: adaptive average pooling costs ``H*W*C`` (every input element
 is read once), upsampling and concatenation are free, biases are not counted.
 """
@@ -22,43 +22,24 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from detectron2.layers import ASPP, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from .flops import MEGA, conv_flops, scale_size
-from .layers import ConvSpec, build_conv, kaiming_init, pointwise
-from .sem_seg_head import DynamicSemSegHead, decode
+from ..cost.flops import MEGA, conv_flops, scale_size
+from ..routing.layers import ConvSpec, build_conv, kaiming_init, pointwise
+from .sem_seg import DynamicSemSegHead, decode
 
 __all__ = [
     "CONTEXT_MODULES",
     "DynamicContextSemSegHead",
     "PyramidPooling",
-    "add_context_head_config",
     "aspp_flops",
     "build_context_module",
 ]
 
 CONTEXT_MODULES = ("PSP", "ASPP")
-
-
-def add_context_head_config(cfg: CN) -> CN:
-    """Keys of the context head (``MODEL.SEM_SEG_HEAD.CONTEXT.*``), in place."""
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT = CN()
-    # Context module of DynamicContextSemSegHead on the coarsest feature: "PSP" (pyramid
-    # pooling, PSPNet) or "ASPP" (atrous spatial pyramid pooling, DeepLabV3).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.NAME = "PSP"
-    # PSP: output sizes of the adaptive average poolings (PSPNet's 1, 2, 3, 6).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.PSP_BINS = [1, 2, 3, 6]
-    # ASPP: dilations of its three 3x3 convolutions. DeepLabV3 uses (6, 12, 18) at output
-    # stride 16 and doubles them at stride 8; on this head's stride-32 feature the same
-    # field of view in pixels is (3, 6, 9).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DILATIONS = [3, 6, 9]
-    # ASPP: dropout on its output during training (DeepLab uses 0.1).
-    cfg.MODEL.SEM_SEG_HEAD.CONTEXT.ASPP_DROPOUT = 0.0
-    return cfg
 
 
 class PyramidPooling(nn.Module):

@@ -1,0 +1,1 @@
+"""FLOPs accounting, the routing record, routing statistics, the budget constraint."""

@@ -1,0 +1,1 @@
+"""Decoders and losses on the routed features."""

@@ -1,0 +1,1 @@
+"""Meta-architectures: the routed-model contract and every task on it."""

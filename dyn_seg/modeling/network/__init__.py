@@ -1,0 +1,1 @@
+"""The routed network (a detectron2 backbone) and its whole-network FLOPs analysis."""

@@ -1,0 +1,1 @@
+"""The method's pieces: routing space (topology), layer specs, operations, gate, cell."""
