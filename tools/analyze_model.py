@@ -59,6 +59,7 @@ from torch import nn
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import DynSegCheckpointer
 from dyn_seg.modeling.cost.stats import open_path_counts, open_rates
+from dyn_seg.modeling.execution.export_guards import allow_capture
 from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 from dyn_seg.modeling.meta_arch.routed import RoutedModel, routed_model
 from dyn_seg.modeling.routing.gate import SoftGate
@@ -142,7 +143,8 @@ def fvcore_flops(model: nn.Module, images: torch.Tensor) -> Dict:
         .uncalled_modules_warnings(False)
         .tracer_warnings("none")
     )
-    with warnings.catch_warnings():
+    # fvcore traces one forward pass to count it: the route it freezes is the one counted
+    with warnings.catch_warnings(), allow_capture():
         warnings.simplefilter("ignore")  # jit tracing's deprecation notices
         total = analysis.total()
     backbone = analysis.by_module()["backbone"]

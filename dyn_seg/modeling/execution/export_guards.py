@@ -9,11 +9,12 @@ is what gets exported.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["EXPORT_COMMAND", "capture_kind", "forbid_capture"]
+__all__ = ["EXPORT_COMMAND", "allow_capture", "capture_kind", "forbid_capture"]
 
 EXPORT_COMMAND = (
     "python tools/export_model.py --config-file CONFIG --format {onnx,pt2,torchscript} "
@@ -37,13 +38,28 @@ def capture_kind() -> Optional[str]:
     return None
 
 
+_allowed = [0]  # depth of allow_capture() blocks
+
+
+@contextlib.contextmanager
+def allow_capture() -> Iterator[None]:
+    """Capture host-side routing on purpose inside this block: a trace that is run once and
+    never reused, e.g. fvcore's FLOP count of one forward pass (the route it freezes is the
+    one it counts)."""
+    _allowed[0] += 1
+    try:
+        yield
+    finally:
+        _allowed[0] -= 1
+
+
 def forbid_capture(what: str, kind: Optional[str] = None) -> None:
     """Raise a RuntimeError when ``what`` (a host-side routing step) is being captured.
 
     ``kind`` overrides the detection (e.g. "scripted" from ``__prepare_scriptable__``).
     """
     kind = kind or capture_kind()
-    if kind is None:
+    if kind is None or (_allowed[0] and kind == "traced"):
         return
     raise RuntimeError(
         f"{what} cannot be {kind}: it decides routes on the host (or reads data pointers), "
