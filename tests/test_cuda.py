@@ -158,16 +158,22 @@ def test_captured_dense_graph_does_not_synchronise(fixture_model, reference_fixt
     copy_ = InferenceCopy(fixture_model, InferenceOptions(plan_name="graph-dense",
                                                           cuda_graph=True))
     copy_(normalised)  # capture
+    syncs = _synchronisations(copy_, normalised)
+    assert not syncs, syncs
+
+
+def _synchronisations(fn, *args):
+    """Messages of the synchronising CUDA calls of ``fn(*args)`` (torch's sync debug mode;
+    its own notice that it is a prototype is not one)."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            copy_(normalised)
+            fn(*args)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
-    assert not syncs, [str(w.message) for w in syncs]
+    return [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
 
 
 def _trained_tiny():
@@ -321,18 +327,9 @@ def test_fast_plan_synchronises_at_most_once_per_routed_layer(fixture_model,
     normalised = (images - fixture_model.pixel_mean) / fixture_model.pixel_std
     copy_ = InferenceCopy(fixture_model, InferenceOptions())
     copy_(normalised)  # warm-up: lazy initialisation is not what is counted
-    torch.cuda.synchronize()
     layers = 1 + len(fixture_model.backbone.cell_specs)  # the init layer and every layer
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            copy_(normalised)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    # one warning per synchronising call; the mode's own notice that it is a prototype is not one
-    syncs = [w for w in caught if "called a synchronizing" in str(w.message)]
-    assert len(syncs) <= layers, [str(w.message) for w in syncs]
+    syncs = _synchronisations(copy_, normalised)
+    assert len(syncs) <= layers, syncs
 
 
 def test_inference_creates_no_tensor_on_another_device(fixture_model, reference_fixture):

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_cfg
 from detectron2.modeling import build_model
+from routed_helpers import routed_tiny_model, varied_images
 
-from dyn_seg.benchmark import GatePattern, apply_gate_pattern, calibrate_batch_norm
+from dyn_seg.benchmark import GatePattern, apply_gate_pattern
 from dyn_seg.benchmark.counting import count_dispatch
 from dyn_seg.modeling.execution.plans import GraphPlan
 from dyn_seg.modeling.meta_arch.training import prepare_for_training
@@ -29,26 +30,8 @@ from dyn_seg.modeling.network.transforms import (
 GRAPH_PLANS = ["graph-dense", "graph-conditional"]
 
 
-def _images(n: int, seed: int, size=(64, 128)) -> torch.Tensor:
-    """Images of different brightness and contrast: their gates differ image by image."""
-    g = torch.Generator().manual_seed(seed)
-    offset = torch.linspace(-60, 60, n).view(n, 1, 1, 1)
-    contrast = torch.linspace(10, 60, n).view(n, 1, 1, 1)
-    return torch.randn(n, 3, *size, generator=g) * contrast + offset
-
-
-def _routed_model(seed: int = 0, **overrides):
-    """Tiny eval-mode model, calibrated norms, strongly input-dependent random gates."""
-    torch.manual_seed(seed)
-    model = build_model(tiny_cfg(**overrides))
-    calibrate_batch_norm(model, lambda b: model.sem_seg_head.stride4_logits(model.backbone(b)),
-                         [_images(4, seed + 100 + k) for k in range(2)])
-    with torch.no_grad():
-        for cell in model.backbone.all_cells():
-            if cell.gate is not None:
-                cell.gate.proj.weight.normal_(0.0, 10.0)
-                cell.gate.proj.bias.uniform_(-0.5, 0.5)
-    return model.eval()
+_images = varied_images
+_routed_model = routed_tiny_model
 
 
 def _faithful(model, x):
