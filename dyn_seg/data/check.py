@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,6 +37,17 @@ ERROR = "error: "
 WARNING = "warning: "
 _MAX_LISTED_VALUES = 20
 _GRAY_MODES = ("L", "LA", "1")
+
+
+def _check_record_size(record: Dict, image_file: str, image, problems: List[str]) -> None:
+    """An error when the image's (width, height) differs from the record's."""
+    if image is not None and "height" in record and "width" in record:
+        expected = (int(record["width"]), int(record["height"]))
+        if image != expected:
+            problems.append(
+                f"{ERROR}size mismatch: image {image_file} is {image[0]}x{image[1]} "
+                f"but its record says {expected[0]}x{expected[1]} (width x height)"
+            )
 
 
 def is_error(message: str) -> bool:
@@ -118,13 +129,7 @@ def _check_record(
             f"{ERROR}size mismatch: image {image_file} is {image[0]}x{image[1]} "
             f"but label {label_file} is {label[0]}x{label[1]} (width x height)"
         )
-    if image is not None and "height" in record and "width" in record:
-        expected = (int(record["width"]), int(record["height"]))
-        if image != expected:
-            problems.append(
-                f"{ERROR}size mismatch: image {image_file} is {image[0]}x{image[1]} "
-                f"but its record says {expected[0]}x{expected[1]} (width x height)"
-            )
+    _check_record_size(record, image_file, image, problems)
     return problems
 
 
@@ -185,13 +190,7 @@ def _check_image_record(index: int, record: dict, problems: List[str]
         problems.append(f"{ERROR}record {index} has no 'file_name'")
         return None, None
     image = _read_image(image_file, problems)
-    if image is not None and "height" in record and "width" in record:
-        expected = (int(record["width"]), int(record["height"]))
-        if image != expected:
-            problems.append(
-                f"{ERROR}size mismatch: image {image_file} is {image[0]}x{image[1]} "
-                f"but its record says {expected[0]}x{expected[1]} (width x height)"
-            )
+    _check_record_size(record, image_file, image, problems)
     return image_file, image
 
 
