@@ -66,6 +66,12 @@ LAYERS = {
     # deployment: exportable module, exporters, runtimes (generated sample scenes)
     "dyn_seg.export": {MODELING, "dyn_seg.checkpoint", "dyn_seg.synthetic"},
     "dyn_seg.utils": {"dyn_seg.engine"},
+    # the command-line programs (thin scripts in tools/, datasets/, train_net.py call them)
+    "dyn_seg.tools": {"dyn_seg", "dyn_seg.config", "dyn_seg.config_checks", "dyn_seg.data",
+                      "dyn_seg.synthetic", "dyn_seg.checkpoint", MODELING,
+                      "dyn_seg.evaluation", "dyn_seg.tasks", "dyn_seg.engine",
+                      "dyn_seg.model_zoo", "dyn_seg.visualization", "dyn_seg.benchmark",
+                      "dyn_seg.export", "dyn_seg.utils"},
 }
 
 
