@@ -4,13 +4,10 @@ the one-process reference, see test_distributed), and the checks of its reports.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 5
 
 # No random augmentation and no ignored pixels: the per-rank mean losses then average to
@@ -46,13 +43,6 @@ TEST:
   CITYSCAPES_OFFICIAL_EVAL: False
 SEED: 5
 """
-
-
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @contextlib.contextmanager
@@ -98,8 +88,8 @@ def train_worker(argv, report_file, reference_ranks=2):
 
     from dyn_seg.engine import Trainer, unwrap_model
     from dyn_seg.evaluation import RoutingEvaluator
+    from dyn_seg.tools import train_net
 
-    train_net = load_train_net()
     cfg = train_net.setup(train_net.argument_parser().parse_args(argv))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)

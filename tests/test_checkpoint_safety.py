@@ -235,7 +235,8 @@ def _load_script(relative):
 
 
 def test_eval_only_without_weights_is_an_error(tmp_path):
-    train_net = _load_script("train_net.py")
+    from dyn_seg.tools import train_net
+
     config = tmp_path / "tiny.yaml"
     config.write_text(tiny_cfg().dump())
     args = train_net.argument_parser().parse_args(

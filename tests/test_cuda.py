@@ -270,7 +270,7 @@ _NCCL_TRAIN = textwrap.dedent("""
     import torch.multiprocessing as mp
     # detectron2.engine re-exports the function launch under the module's name
     launch_module = importlib.import_module("detectron2.engine.launch")
-    import train_net
+    from dyn_seg.tools import train_net
 
     def main(args):
         return train_net.main(args)

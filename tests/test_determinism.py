@@ -3,7 +3,6 @@ with random augmentations, drop path and the budget loss on, with and without lo
 worker processes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import uuid
@@ -15,7 +14,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from dyn_seg.data import generate_synthetic_cityscapes
 from dyn_seg.engine import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 20
 LOSS_KEYS = ("total_loss", "loss_sem_seg", "loss_budget")
 
@@ -59,9 +57,8 @@ def setup(tmp_path_factory):
     config = base / "tiny.yaml"
     config.write_text(CONFIG)
 
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    from dyn_seg.tools import train_net
+
     yield train_net, str(config), name
     DatasetCatalog.remove(name)
 

@@ -3,7 +3,6 @@ another run's checkpoints, no ``--resume`` with a model that does not fit the ch
 checked before anything is written; ``--eval-only`` still evaluates such folders."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -26,10 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from dyn_seg.tools import train_net
+
+    return train_net
 
 
 @pytest.fixture()
