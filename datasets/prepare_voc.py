@@ -1,59 +1,15 @@
 #!/usr/bin/env python
 """Write PASCAL VOC 2012 labels as grayscale class-index PNGs for detectron2.
 
-VOC's ``SegmentationClass`` PNGs are palette images; detectron2's DatasetMapper reads
-labels with ``PIL.Image.convert("L")``, which turns palette colours into luminance and loses
-the class ids. This writes ``VOC2012/SegmentationClassTrainIds/*.png`` (values 0..20, 255 on
-borders) from ``SegmentationClass`` and, where present, the SBD-augmented
-``SegmentationClassAug``; the ``voc_2012_sem_seg_*`` datasets read those files.
-"""
-from __future__ import annotations
+The program is :mod:`dyn_seg.tools.prepare_voc` (``--help`` describes the files)::
 
-import argparse
-import os
+    python datasets/prepare_voc.py --root /data/datasets
+"""
 import sys
 from pathlib import Path
-from typing import List, Optional
 
-
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Parse the command line."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
-        help="dataset root holding VOC2012/ (default: $DETECTRON2_DATASETS, else datasets)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="rewrite existing labels")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Convert the labels."""
-    args = parse_args(argv)
-    voc_root = os.path.join(os.path.expanduser(args.root), "VOC2012")
-    if not os.path.isdir(voc_root):
-        print(f"error: {voc_root} does not exist; see datasets/README.md for the layout",
-              file=sys.stderr)
-        return 2
-    try:
-        from dyn_seg.data.voc import convert_voc_labels
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from dyn_seg.data.voc import convert_voc_labels
-    try:
-        written = convert_voc_labels(
-            voc_root, progress=not args.no_progress, overwrite=args.overwrite
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"Wrote {written} label files to {os.path.join(voc_root, 'SegmentationClassTrainIds')}")
-    return 0
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+from dyn_seg.tools.prepare_voc import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,6 @@
 """The dataset checker and the PASCAL VOC registration."""
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from dyn_seg.data.voc import (
     register_pascal_voc_sem_seg,
     voc_palette,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _image(path: Path, size=(32, 24), mode="RGB") -> str:
@@ -212,11 +209,7 @@ def test_voc_registered_at_import_without_data():
 def test_check_dataset_cli(tmp_path: Path, capsys):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    spec = importlib.util.spec_from_file_location(
-        "check_dataset", REPO / "datasets" / "check_dataset.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from dyn_seg.tools import check_dataset as cli
 
     good = _record(_image(tmp_path / "a.png"), _label(tmp_path / "a_gt.png"))
     bad = _record(_image(tmp_path / "b.png"), _label(tmp_path / "b_gt.png", values=(0, 9)))

@@ -1,7 +1,6 @@
 """Instances and panoptic ground truth of the generated Cityscapes-layout data."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import uuid
 from collections import Counter
@@ -14,7 +13,6 @@ from PIL import Image
 from dyn_seg.data.panoptic import create_cityscapes_panoptic, register_cityscapes_tasks
 from dyn_seg.synthetic import generate_synthetic_cityscapes
 
-REPO = Path(__file__).resolve().parents[1]
 THING_LABEL_IDS = {24: "person", 25: "rider", 26: "car", 33: "bicycle"}
 
 
@@ -95,10 +93,8 @@ def test_detectron2_reads_panoptic_and_instances(root: Path):
 
 
 def test_prepare_cityscapes_rewrites_panoptic(root: Path, tmp_path: Path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "prepare_cityscapes", REPO / "datasets" / "prepare_cityscapes.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from dyn_seg.tools import prepare_cityscapes as cli
+
     generate_synthetic_cityscapes(str(tmp_path), num_train=1, num_val=1, height=32, width=64,
                                   progress=False)
     gt = tmp_path / "cityscapes" / "gtFine"

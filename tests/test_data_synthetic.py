@@ -1,7 +1,7 @@
 """The synthetic Cityscapes generator: layout, detectron2 loading, evaluation, determinism."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import uuid
@@ -253,10 +253,8 @@ def test_sem_seg_evaluator_on_train(synth_root: Path):
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "datasets" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The program of ``datasets/NAME.py``."""
+    return importlib.import_module(f"dyn_seg.tools.{name}")
 
 
 def test_generate_cli(tmp_path: Path, capsys):
