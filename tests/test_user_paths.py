@@ -247,10 +247,10 @@ def test_predictor_setup_does_not_claim_to_start_from_scratch(demo, config, capl
 
 
 def test_tools_take_size_weights_and_overrides_the_same_way():
+    from dyn_seg.tools import benchmark
     from dyn_seg.utils import cli
 
     analyze = _load_tool("tools/analyze_model.py")
-    benchmark = _load_tool("tools/benchmark.py")
     visualize = _load_tool("tools/visualize_routing.py")
     demo = _load_tool("tools/demo.py")
     for size in (["64x128"], ["64", "128"]):
