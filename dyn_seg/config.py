@@ -231,13 +231,24 @@ def _removed_key_errors(config_file: str, opts: Sequence[str]) -> None:
         raise KeyError(f"{key} (set in {where}) was removed: use {REMOVED_KEYS[key]}.")
 
 
+def check_amp_precision(precision: str, device_type: str = "") -> None:
+    """Reject a ``SOLVER.AMP.PRECISION`` no code path accepts: a name outside
+    :data:`AMP_PRECISIONS`, or float16 on a device other than CUDA (``device_type``, when
+    known; float16 needs detectron2's CUDA gradient scaler)."""
+    if precision not in AMP_PRECISIONS:
+        raise ValueError(
+            f"SOLVER.AMP.PRECISION={precision!r} is not allowed: use one of {AMP_PRECISIONS}."
+        )
+    if device_type and device_type != "cuda" and precision != "bfloat16":
+        raise ValueError(
+            f"SOLVER.AMP.PRECISION={precision!r} needs a CUDA device; on the {device_type} "
+            "use SOLVER.AMP.PRECISION bfloat16."
+        )
+
+
 def validate_config(cfg: CN) -> None:
     """Reject values of dyn_seg's training keys that no code path accepts."""
-    if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
-        raise ValueError(
-            f"SOLVER.AMP.PRECISION={cfg.SOLVER.AMP.PRECISION!r} is not allowed: use one of "
-            f"{AMP_PRECISIONS}."
-        )
+    check_amp_precision(cfg.SOLVER.AMP.PRECISION)
 
 
 def _a(noun: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from detectron2.utils import comm
 
-__all__ = ["NORMS", "check_model_config"]
+__all__ = ["NORMS", "check_model_config", "check_num_classes"]
 
 #: Normalisation names detectron2's ``get_norm`` accepts ("" = no normalisation).
 NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "LN", "")
@@ -13,15 +13,20 @@ NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN", "naiveSync
 _CUDA_ONLY_NORMS = ("SyncBN", "nnSyncBN")
 
 
-def check_model_config(cfg) -> None:
-    """Raise ValueError for ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` below 1, an unknown norm name,
-    or ``SyncBN`` / ``nnSyncBN`` when several processes train on CPUs."""
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+def check_num_classes(num_classes: int) -> None:
+    """Raise ValueError for ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` below 1 (the model and the
+    semantic data mapper both call this)."""
     if num_classes < 1:
         raise ValueError(
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} is not allowed: it must be >= 1 "
             "(19 for Cityscapes, 21 for PASCAL VOC)."
         )
+
+
+def check_model_config(cfg) -> None:
+    """Raise ValueError for ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` below 1, an unknown norm name,
+    or ``SyncBN`` / ``nnSyncBN`` when several processes train on CPUs."""
+    check_num_classes(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     for key in ("MODEL.BACKBONE.NORM", "MODEL.SEM_SEG_HEAD.NORM"):
         norm = cfg.MODEL[key.split(".")[1]].NORM
         if not isinstance(norm, str):

@@ -1,21 +1,18 @@
 """The model analysis tool: analytic and fvcore FLOPs, parameter counts per part."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 from conftest import REPO, tiny_cfg
 from detectron2.modeling import build_model
 
+from dyn_seg.tools import analyze_model
+
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("tool_analyze_model",
-                                                  REPO / "tools" / "analyze_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return analyze_model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""tools/benchmark.py: JSON records for every mode, forced gate patterns, FLOPs shares."""
+"""dyn_seg.tools.benchmark (tools/benchmark.py): JSON records for every mode, forced gate
+patterns, FLOPs shares."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -17,11 +17,9 @@ COMMON = ["--device", "cpu", "--size", "64", "128", "--warmup", "1", "--iters", 
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" /
-                                                  "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from dyn_seg.tools import benchmark
+
+    return benchmark
 
 
 def _lines(capsys) -> list:

@@ -6,13 +6,12 @@ The reference checkpoints are synthetic: our own models' state dicts renamed to 
 reference's names (the inverse of ``REFERENCE_KEY_MAP``, checked to round-trip)."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 
 import pytest
 import torch
-from conftest import REPO, tiny_cfg
+from conftest import tiny_cfg
 from detectron2.modeling import build_model
 
 from dyn_seg.checkpoint import (
@@ -147,11 +146,9 @@ def test_imagenet_fix_backbone_initialises_dynamic_network():
 
 
 def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_tool", REPO / "tools" / "convert_reference_checkpoint.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    from dyn_seg.tools import convert_reference_checkpoint
+
+    return convert_reference_checkpoint
 
 
 def test_converter_tool_writes_backbone_and_lists_fresh_parameters(tmp_path, capsys):

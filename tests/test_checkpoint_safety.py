@@ -248,15 +248,16 @@ def test_eval_only_without_weights_is_an_error(tmp_path):
 
 
 def test_demo_and_visualiser_refuse_partial_weights(tmp_path):
+    from dyn_seg.tools import demo
+    from dyn_seg.tools import visualize_routing as visualiser
+
     weights = _tiny_weights(tmp_path)
     cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": 5})
-    demo = _load_script("tools/demo.py")
     cfg.MODEL.WEIGHTS = str(weights)
     with pytest.raises(CheckpointError, match=r"\(head 2\)"):
         demo.build_predictor(cfg)
     demo.build_predictor(cfg, allow_partial_weights=True)
     cfg.MODEL.WEIGHTS = ""
-    visualiser = _load_script("tools/visualize_routing.py")
     with pytest.raises(CheckpointError, match=r"\(head 2\)"):
         visualiser.build_predictor(cfg, str(weights), 0)
     visualiser.build_predictor(cfg, str(weights), 0, allow_partial_weights=True)

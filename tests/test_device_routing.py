@@ -260,6 +260,33 @@ def test_graph_plans_compile_as_one_graph(plan):
         assert conds, "the conditional plan has no conditional in its graph"
 
 
+@pytest.mark.parametrize("plan", GRAPH_PLANS)
+def test_a_network_alone_on_a_graph_plan_runs_as_one_program(plan):
+    """The copy of a routed network alone (what panoptic, instance and classification
+    models run in eval mode) is one program too: compiled with fullgraph=True (a graph
+    break raises) it gives the eager copy's features and record, and the dense plan reads
+    nothing back."""
+    model = _routed_model(seed=8, **{"MODEL.BACKBONE.LAYER_NUM": 3})
+    x = _images(2, seed=11)
+    eager = InferenceCopy(model.backbone, InferenceOptions(plan_name=plan))
+    compiled = InferenceCopy(model.backbone, InferenceOptions(plan_name=plan, compile="eager"))
+    assert eager.program is not None and compiled.program is not None
+    torch._dynamo.reset()
+    ref_features, ref = eager._run(x)  # the plan run step by step, outside the program
+    features, record = compiled(x)
+    assert features.keys() == ref_features.keys()
+    for name, f in ref_features.items():
+        assert torch.equal(features[name], f), name
+    _assert_same_routing(record, ref)
+    with torch.no_grad():
+        _, faithful = model.backbone.forward_with_routing(x)
+    _assert_same_routing(record, faithful)
+    if plan == "graph-dense":
+        with torch.no_grad():
+            _, count = count_dispatch(eager, x)
+        assert count.host_reads == 0, count.where
+
+
 class _ForwardOnly(torch.nn.Module):
     def __init__(self, copy_):
         super().__init__()

@@ -53,7 +53,7 @@ LAYERS = {
                               f"{MODELING}.execution", f"{MODELING}.network",
                               f"{MODELING}.heads", "dyn_seg.config_checks"},
     "dyn_seg.checkpoint": set(),
-    "dyn_seg.data": {"dyn_seg.synthetic"},  # the generator loads on first use
+    "dyn_seg.data": {"dyn_seg.synthetic", "dyn_seg.config_checks"},  # synthetic: on first use
     "dyn_seg.synthetic": {"dyn_seg.data"},
     "dyn_seg.evaluation": {MODELING},
     "dyn_seg.tasks": {"dyn_seg.data", "dyn_seg.engine", "dyn_seg.evaluation"},

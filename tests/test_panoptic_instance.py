@@ -199,13 +199,13 @@ def test_predictor_demo_and_route_visualiser(arch, datasets, tmp_path):
     present, and once more with a centre threshold no heatmap reaches (no instance at all).
     The overlay differs from the frame because --show-flops writes on it. Tolerances: FLOPs
     are only compared by order (real > expected > 0)."""
-    import importlib.util
-
     import numpy as np
     from detectron2.engine import DefaultPredictor
     from PIL import Image
 
     from dyn_seg.checkpoint import DynSegCheckpointer
+    from dyn_seg.tools import demo
+    from dyn_seg.tools import visualize_routing as vis
 
     config, task = ARCHS[arch]
     cfg = _cfg(config, task, datasets, tmp_path)
@@ -233,15 +233,8 @@ def test_predictor_demo_and_route_visualiser(arch, datasets, tmp_path):
     image_file = tmp_path / "street.png"
     Image.fromarray(image).save(image_file)
 
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
     opts = SMALL + ["DATASETS.TEST", f"('{datasets[task + '_val']}',)",
                     "MODEL.WEIGHTS", str(weights)]
-    demo = load("demo")
     assert demo.main(["--config-file", str(REPO / config), "--input", str(image_file),
                       "--output", str(tmp_path / "demo"), "--show-flops", "--show-route",
                       "--opts", *opts]) == 0
@@ -251,7 +244,6 @@ def test_predictor_demo_and_route_visualiser(arch, datasets, tmp_path):
     assert overlay.shape[0] > 64 and overlay.shape[1] >= max(128, MIN_ROUTE_WIDTH)
     assert not np.array_equal(overlay[:64, :128], image)
 
-    vis = load("visualize_routing")
     result = vis.main(["--config-file", str(REPO / config), "--input", str(image_file),
                        "--weights", str(weights), "--output", str(tmp_path / "routes"),
                        "--per-image",

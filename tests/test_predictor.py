@@ -1,9 +1,6 @@
 """DefaultPredictor and the demo tool on raw images of any size."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,15 +10,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from dyn_seg.checkpoint import CheckpointError
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("tool_demo", REPO / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from dyn_seg.tools import demo
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +47,6 @@ def test_default_predictor_loads_the_given_weights(weights):
 
 
 def test_demo_writes_an_overlay_of_each_image_with_its_gflops(weights, tmp_path, capsys):
-    demo = _load_demo()
     inputs = tmp_path / "images"
     inputs.mkdir()
     rng = np.random.default_rng(1)
@@ -78,7 +66,6 @@ def test_demo_writes_an_overlay_of_each_image_with_its_gflops(weights, tmp_path,
 
 
 def test_demo_draws_the_route_small_in_the_bottom_right_corner(weights, tmp_path):
-    demo = _load_demo()
     inputs = tmp_path / "images"
     inputs.mkdir()
     image = np.random.default_rng(2).integers(0, 256, (200, 400, 3), dtype=np.uint8)
@@ -104,7 +91,6 @@ def test_demo_draws_the_route_small_in_the_bottom_right_corner(weights, tmp_path
 
 
 def test_demo_refuses_missing_weights(weights, tmp_path):
-    demo = _load_demo()
     cfg = _predictor_cfg(str(tmp_path / "missing.pth"))
     with pytest.raises(CheckpointError, match="missing.pth"):
         demo.build_predictor(cfg)
@@ -114,6 +100,5 @@ def test_demo_refuses_missing_weights(weights, tmp_path):
 
 
 def test_demo_input_that_matches_nothing_is_an_error(tmp_path):
-    demo = _load_demo()
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         demo.collect_inputs([str(tmp_path / "nothing-here" / "*.png")])

@@ -236,6 +236,30 @@ def test_task_models_run_the_fast_plan_and_compute_no_closed_path(arch):
         assert len(fast_out["instances"]) == len(ref["instances"])
 
 
+@pytest.mark.parametrize("plan", ["graph-dense", "graph-conditional"])
+@pytest.mark.parametrize("arch", ["panoptic", "instance", "classification"])
+def test_task_models_run_a_graph_plan_as_one_program(arch, plan):
+    """MODEL.FAST.PLAN graph-*: the task model's eval forward runs its network copy as one
+    program (tensors in, tensors out) and gives the faithful plan's outputs."""
+    model = _model(arch, "MODEL.FAST.PLAN", plan).eval()
+    network = model.routed_network
+    apply_gate_pattern(network, random_gate_pattern(network, 0.5, unit="cell", seed=4))
+    inputs = _inputs(1, seed=2)
+    with torch.no_grad():
+        out = model(inputs)[0]
+        copy_ = model.fast_inference.inference_copy(network)
+        fast, model.fast_inference = model.fast_inference, None
+        ref = model(inputs)[0]
+        model.fast_inference = fast
+    assert copy_.program is not None and plan in model.execution_plan
+    assert out["flops"] == pytest.approx(ref["flops"], rel=1e-6)
+    key = {"panoptic": "sem_seg", "classification": "scores"}.get(arch)
+    if key:
+        torch.testing.assert_close(out[key], ref[key], atol=1e-3, rtol=0)
+    else:
+        assert len(out["instances"]) == len(ref["instances"])
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_train_compile_works_for_every_task(arch):
     """MODEL.FAST.TRAIN_COMPILE (the "eager" backend traces quickly) on every task: a

@@ -1,8 +1,9 @@
 """Learning check of the dynamic Panoptic-DeepLab and Mask R-CNN (slow: minutes each)."""
 from __future__ import annotations
 
-import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,9 @@ RISE = {"panoptic": 15.0, "instance": 15.0}
 def test_score_rises_and_budget_saves_flops(task, tmp_path):
     """PQ (panoptic) / mask AP (instance) on generated val scenes rise far above the
     untrained model's; the budget variant, trained the same way, runs on fewer real GFLOPs."""
-    spec = importlib.util.spec_from_file_location(
-        "task_learning_check", REPO / "tools" / "task_learning_check.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    result = tool.main(["--task", task, "--output", str(tmp_path),
+    from dyn_seg.tools import task_learning_check
+
+    result = task_learning_check.main(["--task", task, "--output", str(tmp_path),
                         "--budget-config", BUDGET[task], "--opts",
                         "DATALOADER.NUM_WORKERS", "0"])
     assert result["score_untrained"] < 5.0
@@ -42,3 +41,12 @@ def test_score_rises_and_budget_saves_flops(task, tmp_path):
     # and the whole model's: Mask R-CNN's heads also follow its proposal and detection
     # counts, kept small beside the backbone by the config (20 detections, light heads)
     assert result["gflops_budget"] < result["gflops_raw"], result
+
+
+def test_the_script_runs_the_check():
+    """tools/task_learning_check.py is the command of dyn_seg.tools.task_learning_check."""
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "task_learning_check.py"),
+                          "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: task_learning_check.py")
+    assert "--budget-config" in out.stdout and "CHECK_OPTS" in out.stdout

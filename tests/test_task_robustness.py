@@ -116,13 +116,14 @@ def _write_images(folder: Path, sizes):
 
 
 def test_panoptic_demo_and_visualiser_at_odd_sizes(panoptic_weights, tmp_path):
+    from dyn_seg.tools import demo
+    from dyn_seg.tools import visualize_routing as vis
+
     images = _write_images(tmp_path / "in", [(37, 300), (1, 1), (48, 64)])
-    demo = load_tool("demo")
     assert demo.main(["--config-file", str(REPO / PANOPTIC), "--input", str(images),
                       "--output", str(tmp_path / "demo"), "--weights", str(panoptic_weights),
                       "--opts", *SMALL]) == 0
     assert len(list((tmp_path / "demo").glob("*.png"))) == 3
-    vis = load_tool("visualize_routing")
     result = vis.main(["--config-file", str(REPO / PANOPTIC), "--input", str(images),
                        "--weights", str(panoptic_weights), "--output", str(tmp_path / "r"),
                        "--opts", *SMALL])
@@ -134,8 +135,9 @@ def test_visualiser_keeps_other_images_when_the_model_refuses_one(panoptic_weigh
     visualiser lists it under "failed" and writes the statistics of the others."""
     import json
 
+    from dyn_seg.tools import visualize_routing as vis
+
     images = _write_images(tmp_path / "in", [(64, 128), (48, 64)])
-    vis = load_tool("visualize_routing")
     result = vis.main(["--config-file", str(REPO / PANOPTIC), "--input", str(images),
                        "--weights", str(panoptic_weights), "--output", str(tmp_path / "r"),
                        "--opts", *SMALL, "MODEL.PANOPTIC_DEEPLAB.TEST_ASPP_POOLING", "crop"])
@@ -505,26 +507,31 @@ def test_classification_refuses_16_bit_gray_and_non_images_naming_the_file(tmp_p
 # ------------------------------------------------------------------ 5. tools per task
 
 def test_demo_refuses_a_classifier_clearly(tmp_path):
+    from dyn_seg.tools import demo
+
     images = _write_images(tmp_path / "in", [(16, 16)])
     with pytest.raises(ValueError, match="is an image classifier: evaluate it with train_net"):
-        load_tool("demo").main(["--config-file", str(REPO / CLASSIFIER), "--input", str(images),
-                                "--output", str(tmp_path / "out"), "--opts", "MODEL.DEVICE",
-                                "cpu"])
+        demo.main(["--config-file", str(REPO / CLASSIFIER), "--input", str(images),
+                   "--output", str(tmp_path / "out"), "--opts", "MODEL.DEVICE", "cpu"])
 
 
 def test_demo_refuses_label_maps_of_an_instance_model_clearly(tmp_path):
+    from dyn_seg.tools import demo
+
     images = _write_images(tmp_path / "in", [(16, 16)])
     with pytest.raises(ValueError, match="predicts instances only .* --output-format overlay"):
-        load_tool("demo").main(["--config-file", str(REPO / MASK_RCNN), "--input", str(images),
-                                "--output", str(tmp_path / "out"), "--output-format",
-                                "trainIds", "--opts", *SMALL])
+        demo.main(["--config-file", str(REPO / MASK_RCNN), "--input", str(images),
+                   "--output", str(tmp_path / "out"), "--output-format", "trainIds",
+                   "--opts", *SMALL])
 
 
 def test_demo_writes_train_ids_of_a_panoptic_model(panoptic_weights, tmp_path):
     from PIL import Image
 
+    from dyn_seg.tools import demo
+
     images = _write_images(tmp_path / "in", [(37, 300)])
-    assert load_tool("demo").main([
+    assert demo.main([
         "--config-file", str(REPO / PANOPTIC), "--input", str(images), "--output",
         str(tmp_path / "out"), "--output-format", "trainIds", "--weights",
         str(panoptic_weights), "--opts", *SMALL]) == 0
@@ -553,6 +560,8 @@ def test_demo_writes_train_ids_of_a_panoptic_model(panoptic_weights, tmp_path):
 def test_tools_validate_numeric_arguments(tool, argv, message, capsys):
     if tool == "budget_sweep":  # a thin script over the package's sweep
         import dyn_seg.benchmark.budget_sweep as module
+    elif tool in ("demo", "visualize_routing"):  # thin scripts over dyn_seg.tools
+        module = importlib.import_module(f"dyn_seg.tools.{tool}")
     else:
         module = load_tool(tool)
     parser = getattr(module, "get_parser", None) or getattr(module, "argument_parser", None)

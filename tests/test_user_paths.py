@@ -3,7 +3,6 @@ for the Cityscapes evaluation, readable overlays, tools that agree, start-up war
 clear errors for a missing dataset root or a warning-free start."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import subprocess
@@ -20,20 +19,15 @@ from PIL import Image
 from dyn_seg.data import check_sem_seg_dataset, is_error
 from dyn_seg.data.reader import DatasetFileError, check_image_array, read_image_file
 from dyn_seg.data.robust_mapper import DynSegDatasetMapper
+from dyn_seg.tools import analyze_model, benchmark, visualize_routing
+from dyn_seg.tools import demo as demo_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(path: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{Path(path).stem}", REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def demo():
-    return _load_tool("tools/demo.py")
+    return demo_tool
 
 
 @pytest.fixture(scope="module")
@@ -249,10 +243,7 @@ def test_predictor_setup_does_not_claim_to_start_from_scratch(demo, config, capl
 def test_tools_take_size_weights_and_overrides_the_same_way():
     from dyn_seg.utils import cli
 
-    analyze = _load_tool("tools/analyze_model.py")
-    benchmark = _load_tool("tools/benchmark.py")
-    visualize = _load_tool("tools/visualize_routing.py")
-    demo = _load_tool("tools/demo.py")
+    analyze, visualize, demo = analyze_model, visualize_routing, demo_tool
     for size in (["64x128"], ["64", "128"]):
         a = cli.parse_tool_args(analyze.get_parser(), ["--size", *size, "--weights", "w.pth",
                                                        "MODEL.DEVICE", "cpu"])

@@ -66,3 +66,51 @@ def test_cuda_sync_bn_with_several_cpu_processes_points_to_naive_sync_bn(norm, m
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     with pytest.raises(ValueError, match=rf"BACKBONE.NORM='{norm}'.*2 processes.*naiveSyncBN"):
         build_model(cfg)
+
+
+def _value_errors_by_key():
+    """``{key: {module, ...}}`` of every ``raise`` in the package whose message starts with
+    ``KEY=value`` (the form of a config value refused), message text from its literals."""
+    import ast
+    import re
+    from collections import defaultdict
+
+    from conftest import REPO
+
+    key = re.compile(r"((?:MODEL|INPUT|SOLVER|DATASETS|DATALOADER|TEST)(?:\.[A-Z_0-9]+)+)=")
+    found = defaultdict(set)
+    for path in sorted((REPO / "dyn_seg").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            text = next((n for n in ast.walk(node.exc)
+                         if isinstance(n, (ast.JoinedStr, ast.Constant))), None)
+            if isinstance(text, ast.JoinedStr):
+                text = text.values[0] if text.values else None
+            if isinstance(text, ast.Constant) and isinstance(text.value, str):
+                match = key.match(text.value)
+                if match:
+                    found[match.group(1)].add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_each_config_value_is_validated_in_one_module():
+    """A key's allowed values are one rule in one place: two modules refusing values of the
+    same key drift apart (the same key with two tolerances, two messages)."""
+    found = _value_errors_by_key()
+    assert {"MODEL.SEM_SEG_HEAD.NUM_CLASSES", "MODEL.BACKBONE.INIT_CHANNEL",
+            "SOLVER.AMP.PRECISION", "MODEL.FAST.PLAN"} <= set(found)  # the scan sees them
+    twice = {k: sorted(v) for k, v in found.items() if len(v) > 1}
+    assert not twice, twice
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "mps"])
+def test_float16_autocast_off_cuda_is_refused_by_the_one_precision_check(device_type):
+    from dyn_seg.config import check_amp_precision
+
+    check_amp_precision("bfloat16", device_type)
+    check_amp_precision("float16", "cuda")
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION='float16' needs a CUDA"):
+        check_amp_precision("float16", device_type)
+    with pytest.raises(ValueError, match=r"PRECISION='half' is not allowed"):
+        check_amp_precision("half")

@@ -1,19 +1,19 @@
 """Routing statistics, routing figures, the visualisation tool and per-layer gate logging."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_cfg
+from conftest import tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from dyn_seg.modeling.routing.space import build_routing_space
+from dyn_seg.tools import visualize_routing
 from dyn_seg.visualization.routing import (
     collect_routing_stats,
     draw_image_route,
@@ -25,13 +25,6 @@ from dyn_seg.visualization.routing import (
 
 SHUT_CELL = (0, 1)  # layer 0, scale 1/8: keep, up and down
 ORPHAN_CELL = (1, 2)  # its only input is SHUT_CELL's down path
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _space():
@@ -169,10 +162,9 @@ def test_route_thumbnail_names_scales_and_layers():
 
 
 def test_visualizer_writes_figure_json_and_per_image_routes(tmp_path):
-    tool = _load_tool("visualize_routing")
     images = _write_images(tmp_path / "images", 3)
     out = tmp_path / "out"
-    result = tool.main([
+    result = visualize_routing.main([
         "--config-file", str(_write_config(tmp_path)), "--input", str(images),
         "--output", str(out), "--per-image", "--opts", "INPUT.MIN_SIZE_TEST", "0",
     ])
@@ -196,9 +188,8 @@ def test_shut_gate_shows_zero_rate_and_dropped_cells(tmp_path):
     model = build_model(tiny_cfg())
     _set_gate(model, SHUT_CELL, 0.0, -8.0)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("shut")
-    tool = _load_tool("visualize_routing")
     images = _write_images(tmp_path / "images", 2)
-    result = tool.main([
+    result = visualize_routing.main([
         "--config-file", str(_write_config(tmp_path)), "--weights", str(tmp_path / "shut.pth"),
         "--input", str(images / "*.png"), "--output", str(tmp_path / "out"),
         "--opts", "INPUT.MIN_SIZE_TEST", "0",

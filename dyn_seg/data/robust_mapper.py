@@ -23,6 +23,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..config_checks import check_num_classes
 from .reader import _CHECK_TOOL, DatasetFileError, read_image_file, read_label_file
 
 __all__ = [
@@ -55,10 +56,7 @@ class DynSegDatasetMapper(DatasetMapper):
             ignore_label: the label value without loss (``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``).
         """
         super().__init__(is_train, **kwargs)
-        if num_classes < 1:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} is not allowed: it must be >= 1."
-            )
+        check_num_classes(num_classes)
         self.num_classes = num_classes
         self.ignore_label = ignore_label
 

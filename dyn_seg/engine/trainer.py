@@ -13,7 +13,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from torch import nn
 
 from dyn_seg.checkpoint import DynSegCheckpointer
-from dyn_seg.config import validate_config
+from dyn_seg.config import check_amp_precision, validate_config
 from dyn_seg.modeling.meta_arch.training import prepare_for_training
 from dyn_seg.modeling.network.transforms import TrainingOptions
 from dyn_seg.tasks import task_for
@@ -93,12 +93,8 @@ class AutocastTrainer(NonFiniteLossCheck, AMPTrainer):
         param = next(unwrap_model(model).parameters())
         self.device_type = param.device.type
         grad_scaler = None
+        check_amp_precision(str(precision).split(".")[-1], self.device_type)
         if self.device_type != "cuda":
-            if precision != torch.bfloat16:
-                raise ValueError(
-                    f"SOLVER.AMP.PRECISION={str(precision).split('.')[-1]!r} needs a CUDA "
-                    "device; on the CPU use SOLVER.AMP.PRECISION bfloat16."
-                )
             grad_scaler = torch.amp.GradScaler(self.device_type, enabled=False)
         super().__init__(model, data_loader, optimizer, grad_scaler=grad_scaler,
                          precision=precision)

@@ -147,7 +147,7 @@ class DynamicClassifier(RoutedMetaArchMixin, ImageClassifier):
         super().__init__(**kwargs)
         if not isinstance(self.backbone, DynamicNetwork):
             raise ValueError(
-                "MODEL.META_ARCHITECTURE=DynamicClassifier needs the Dynamic Routing backbone "
+                "DynamicClassifier (MODEL.META_ARCHITECTURE) needs the Dynamic Routing backbone "
                 "(MODEL.BACKBONE.NAME build_dynamic_routing_backbone), got "
                 f"{type(self.backbone).__name__}."
             )

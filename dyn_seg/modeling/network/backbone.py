@@ -26,7 +26,6 @@ from ..routing.layers import ConvSpec, build_convs, depthwise, kaiming_init, poi
 from ..routing.ops import operation_specs, validate_cell_type
 from ..routing.space import (
     CellSpec,
-    RoutingSpaceError,
     build_routing_space,
     default_cell_num_list,
     feature_names,
@@ -104,12 +103,7 @@ class DynamicNetwork(Backbone):
         super().__init__()
         if cell_num_list is None:
             cell_num_list = default_cell_num_list(layer_num, max_stride)
-        validate_cell_type(cell_type, init_channel)
-        if init_channel % 2:
-            raise RoutingSpaceError(
-                f"MODEL.BACKBONE.INIT_CHANNEL={init_channel} is not allowed: it must be even "
-                "(gates and up transitions halve the channels), e.g. 16 or 64."
-            )
+        validate_cell_type(cell_type, init_channel)  # every INIT_CHANNEL rule
         if not 0.0 <= drop_prob < 1.0:
             raise ValueError(f"MODEL.BACKBONE.DROP_PROB={drop_prob} must be in [0, 1).")
         self.init_spec, self.cell_specs = build_routing_space(

@@ -351,14 +351,15 @@ class InferenceCopy(nn.Module):
         self.eval()
         self.program: Optional[CapturedForward] = None
         self.logits = None if self.head is None else _Stride4Logits(self.head)
-        if o.is_graph and self.head is not None:
-            # the whole forward pass as one program: one graph to compile, capture, replay
+        if o.is_graph:
+            # the whole forward pass (the network, and the decoder where there is one) as one
+            # program: one graph to compile, capture, replay
             fn = self.graph_forward
             if o.compile:
                 fn = compile_function(fn, o.compile, o.compile_mode, fullgraph=True)
             self.program = CapturedForward(fn, o.cuda_graph)
         else:
-            # a network alone on a graph plan: the plan runs eagerly, its modules compiled
+            # the fast plan decides routes on the host between modules: compile the modules
             compile_modules(static_modules(self.backbone), o.compile, o.compile_mode)
             if self.logits is not None:
                 compile_modules([self.logits], o.compile, o.compile_mode)
@@ -403,20 +404,29 @@ class InferenceCopy(nn.Module):
 
     def graph_forward(self, images: torch.Tensor) -> Tuple:
         """The forward pass as tensors only (graph plans): ``(logits, features in name
-        order, *flatten_record(...))`` -- what is compiled, captured and exported."""
+        order, *flatten_record(...))``, without ``logits`` for a network alone -- what is
+        compiled, captured and exported."""
         with torch.no_grad():
-            logits, features, routing = self._run(images)
+            if self.head is None:
+                features, routing = self._run(images)
+                logits = ()
+            else:
+                logits, features, routing = self._run(images)
+                logits = (logits,)
             keys, widths, names = self._layout()
-            flat = flatten_record(routing, keys, names, images.shape[0], widths, logits)
-            return (logits, tuple(features[n] for n in names)) + flat
+            flat = flatten_record(routing, keys, names, images.shape[0], widths, images)
+            return logits + (tuple(features[n] for n in names),) + flat
 
-    def _assemble(self, images: torch.Tensor, outputs: Tuple
-                  ) -> Tuple[torch.Tensor, Features, RoutingRecord]:
-        logits, features, *flat = outputs
+    def _assemble(self, images: torch.Tensor, outputs: Tuple):
+        """``graph_forward``'s tensors as ``forward`` returns them (the record rebuilt)."""
+        if self.head is not None:
+            logits, *outputs = outputs
+        features, *flat = outputs
         keys, _, names = self._layout()
         _, stem = self.backbone.flops_table(self.backbone.counting_size(images))
         record = unflatten_record(tuple(flat), keys, names, stem)
-        return logits, dict(zip(names, features)), record
+        features = dict(zip(names, features))
+        return (features, record) if self.head is None else (logits, features, record)
 
 
 def _weights_key(module: nn.Module) -> tuple:

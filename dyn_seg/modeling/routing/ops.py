@@ -12,6 +12,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from .layers import ConvSpec, build_convs, depthwise, pointwise
+from .space import RoutingSpaceError
 
 CELL_OPERATIONS = Registry("CELL_OPERATIONS")
 CELL_OPERATIONS.__doc__ = """
@@ -100,7 +101,14 @@ def operation_specs(name: str, channels: int) -> List[ConvSpec]:
 
 
 def validate_cell_type(cell_type: Sequence[str], init_channel: int) -> None:
-    """Check names and that every operation's channel arithmetic works at ``init_channel``."""
+    """Check the operation names and every rule on ``MODEL.BACKBONE.INIT_CHANNEL``: even
+    (gates and up transitions halve the channels), and large enough for each operation's
+    channel arithmetic."""
+    if init_channel % 2:
+        raise RoutingSpaceError(
+            f"MODEL.BACKBONE.INIT_CHANNEL={init_channel} is not allowed: it must be even "
+            "(gates and up transitions halve the channels), e.g. 16 or 64."
+        )
     if not cell_type:
         raise ValueError(
             "MODEL.BACKBONE.CELL_TYPE is empty; give at least one operation, e.g. "
