@@ -222,18 +222,6 @@ def test_training_warns_on_partial_weights_but_refuses_a_foreign_network(tmp_pat
         DynSegCheckpointer(wider).load(str(weights))
 
 
-def _load_script(relative):
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3],
-                                                  REPO / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_eval_only_without_weights_is_an_error(tmp_path):
     from dyn_seg.tools import train_net
 

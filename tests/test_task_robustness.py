@@ -3,7 +3,7 @@ inference at any size, all-ignore labels, damaged panoptic / instance / ImageNet
 the tools' handling of each task."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 import uuid
 from pathlib import Path
@@ -19,14 +19,6 @@ CLASSIFIER = "configs/Synthetic/Classification-Tiny.yaml"
 SMALL = ["MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
          "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.CROP.SIZE", "(64, 128)",
          "INPUT.MIN_SIZE_TEST", "64", "SOLVER.WARMUP_ITERS", "0", "TEST.EVAL_PERIOD", "0"]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def cfg_of(config: str, *opts):
@@ -448,7 +440,6 @@ def test_check_tool_command_line_on_instance_and_imagenet(synthetic_root, tmp_pa
     false errors, ImageNet needed stuff_classes)."""
     import shutil
     import subprocess
-    import sys
 
     from dyn_seg.data import generate_synthetic_imagenet
 
@@ -558,12 +549,9 @@ def test_demo_writes_train_ids_of_a_panoptic_model(panoptic_weights, tmp_path):
      "argument --num-val: 0 is not allowed"),
 ])
 def test_tools_validate_numeric_arguments(tool, argv, message, capsys):
-    if tool == "budget_sweep":  # a thin script over the package's sweep
-        import dyn_seg.benchmark.budget_sweep as module
-    elif tool in ("demo", "visualize_routing"):  # thin scripts over dyn_seg.tools
-        module = importlib.import_module(f"dyn_seg.tools.{tool}")
-    else:
-        module = load_tool(tool)
+    # the scripts are thin: the sweep is dyn_seg.benchmark's, every other program dyn_seg.tools'
+    package = "dyn_seg.benchmark" if tool == "budget_sweep" else "dyn_seg.tools"
+    module = importlib.import_module(f"{package}.{tool}")
     parser = getattr(module, "get_parser", None) or getattr(module, "argument_parser", None)
     parse = getattr(module, "parse_args", None) or (lambda a: parser().parse_args(a))
     with pytest.raises(SystemExit) as info:
