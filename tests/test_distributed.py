@@ -38,19 +38,24 @@ from dyn_seg.data import generate_synthetic_cityscapes
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 def main(argv):
-    """``python -c`` entry: train with 2 processes, then with 1, writing two reports."""
+    """``python -c`` entry: train with 2 processes, then twice with 1, writing three
+    reports."""
     from detectron2.engine import launch
 
     config, out = argv
-    for world_size in (2, 1):
-        run = Path(out) / f"world{world_size}"
+    # two ranks; one process with their statistics; one with only their summation order
+    # changed (the rounding-level reference of the tolerance)
+    for name, world_size, reference_ranks in (("world2", 2, 2), ("world1", 1, 2),
+                                              ("rounding", 1, 1)):
+        run = Path(out) / name
         launch(train_worker, world_size, dist_url="auto",
-               args=(["--config-file", config, "OUTPUT_DIR", str(run)], str(run) + ".pt"))
+               args=(["--config-file", config, "OUTPUT_DIR", str(run)], str(run) + ".pt",
+                     reference_ranks))
 
 
 def _train_one_and_two_processes(base: Path):
-    """Run :func:`main` in a fresh interpreter; return the (two-process, one-process)
-    reports."""
+    """Run :func:`main` in a fresh interpreter; return the (two-process, one-process,
+    rounding) reports."""
     root = generate_synthetic_cityscapes(str(base / "data"), num_train=4, num_val=2,
                                          height=64, width=128, progress=False)
     for path in Path(root, "cityscapes", "gtFine", "train").rglob("*_labelTrainIds.png"):
@@ -66,17 +71,17 @@ def _train_one_and_two_processes(base: Path):
     proc = subprocess.run([sys.executable, "-c", code, str(config), str(base)], env=env,
                           cwd=REPO, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return (torch.load(base / "world2.pt", weights_only=False),
-            torch.load(base / "world1.pt", weights_only=False))
+    return tuple(torch.load(base / f"{name}.pt", weights_only=False)
+                 for name in ("world2", "world1", "rounding"))
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_stay_in_sync_match_one_process_and_gather_evaluation(tmp_path):
     # one test (not three): the two trainings are the expensive part
-    two, one = _train_one_and_two_processes(tmp_path)
+    two, one, rounding = _train_one_and_two_processes(tmp_path)
     assert (two["world_size"], one["world_size"]) == (2, 1)
     assert_ranks_hold_identical_parameters_and_buffers(two)
-    assert_same_result_as_one_process(two, one)
+    assert_same_result_as_one_process(two, one, rounding)
     _assert_evaluation_gathers_both_ranks(two, one)
 
 
