@@ -53,8 +53,8 @@ def _start(base: Path, config: Path, root: str, report: str, num_machines: int, 
             "import test_multinode; test_multinode.machine(sys.argv[1:])")
     return subprocess.Popen(
         [sys.executable, "-c", code, str(config), report, str(num_machines), str(rank),
-         dist_url, str(reference_ranks)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+         dist_url, str(reference_ranks)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
