@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import tiny_cfg
 from detectron2.modeling import build_model
+from reference_helpers import reference_state, to_reference
 
 from dyn_seg.checkpoint import (
     CheckpointError,
@@ -28,37 +29,6 @@ BASIC_CELL_TYPE = ["sep_conv_3x3", "skip_connect", "conv_3x3_basic"]
 def _model(seed=0, **overrides):
     torch.manual_seed(seed)
     return build_model(tiny_cfg(**overrides))
-
-
-def to_reference(key: str, basic_ops=()) -> str:
-    """Our parameter name -> the reference implementation's."""
-    k = key.replace("backbone.init_cell.", "backbone.init_layer.")
-    k = k.replace("backbone.cells.", "backbone.all_cell_list.")
-    k = k.replace(".gate.reduce.", ".gate_conv_beta.0.")
-    k = k.replace(".gate.proj.", ".gate_conv_beta.2.")
-    k = k.replace(".up.", ".res_up.1.").replace(".down.", ".res_down.1.")
-    k = k.replace("sem_seg_head.decoders.", "sem_seg_head.layer_decoder_list.")
-    m = re.search(r"\.ops\.(\d+)\.layers\.(\d+)\.", k)
-    if m:
-        op, layer = m.groups()
-        if int(op) in basic_ops:
-            assert layer == "0"
-            k = f"{k[:m.start()]}.cell_ops._ops.{op}.op.{k[m.end():]}"
-        else:
-            k = f"{k[:m.start()]}.cell_ops._ops.{op}.op.{layer}.{k[m.end():]}"
-    return k
-
-
-def reference_state(model, basic_ops=(), parts=("backbone", "gates", "head")):
-    """The model's state dict under reference names (values + 1, to tell them from init)."""
-    out = {}
-    for key, value in model.state_dict().items():
-        if parameter_part(key) not in parts:
-            continue
-        ref = to_reference(key, basic_ops)
-        assert map_reference_key(ref) == key, (key, ref)
-        out[ref] = value.clone() + 1 if value.is_floating_point() else value.clone()
-    return out
 
 
 def _cell_prefixes(model):

@@ -169,7 +169,7 @@ def test_predictor_refuses_payload_pickles_and_runs_nothing(tmp_path):
 
 
 def test_predictor_loads_reference_named_weights(tmp_path):
-    from test_checkpoint_conversion import reference_state, to_reference
+    from reference_helpers import reference_state, to_reference
 
     from dyn_seg.engine import DynSegPredictor
 

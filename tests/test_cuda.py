@@ -20,7 +20,7 @@ import torch
 from conftest import REPO, tiny_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from test_reference_parity import LOGIT_RTOL, reference_cfg
+from reference_helpers import LOGIT_RTOL, reference_cfg
 
 from dyn_seg.checkpoint import convert_reference_state_dict
 from dyn_seg.modeling.network.transforms import InferenceCopy, InferenceOptions

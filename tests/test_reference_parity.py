@@ -17,40 +17,12 @@ from conftest import REPO
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from reference_helpers import FLOPS_RTOL, LOGIT_RTOL, LOSS_RTOL, reference_cfg
 
-from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import convert_reference_state_dict
 from dyn_seg.modeling.heads.sem_seg import DynamicSemSegHead
 from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 from dyn_seg.modeling.network.backbone import DynamicNetwork
-
-LOGIT_RTOL = 1e-4  # relative to the largest |logit| (~1e6 with the randomised BN stats)
-FLOPS_RTOL = 1e-5
-LOSS_RTOL = 1e-4
-
-
-def reference_cfg(official):
-    """A config of the fixture's network, from the reference config values it recorded."""
-    cfg = get_dyn_seg_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    b = cfg.MODEL.BACKBONE
-    for key in ("LAYER_NUM", "CELL_NUM_LIST", "INIT_CHANNEL", "CELL_TYPE", "MAX_STRIDE",
-                "SEPT_STEM", "NORM"):
-        setattr(b, key, official[key])
-    for key in ("GATE_ON", "GATE_INIT_BIAS", "SMALL_GATE"):
-        setattr(cfg.MODEL.GATE, key, official[key])
-    for key, value in official["BUDGET"].items():
-        setattr(cfg.MODEL.BUDGET, key, value)
-    h = cfg.MODEL.SEM_SEG_HEAD
-    h.NUM_CLASSES = official["NUM_CLASSES"]
-    h.IGNORE_VALUE = official["IGNORE_VALUE"]
-    h.IN_FEATURES = official["IN_FEATURES"]
-    h.NORM = official["NORM"]
-    cfg.INPUT.FIX_SIZE_FOR_FLOPS = official["FIX_SIZE_FOR_FLOPS"]
-    cfg.MODEL.PIXEL_MEAN = official["PIXEL_MEAN"]
-    cfg.MODEL.PIXEL_STD = official["PIXEL_STD"]
-    cfg.MODEL.FAST.ENABLED = False  # the faithful eager path is the ground truth
-    return cfg
 
 
 @pytest.fixture(scope="module")
