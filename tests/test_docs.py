@@ -12,20 +12,21 @@ place that covers it, so that a new command in the docs needs a decision. Not ru
 * ``bash scripts/run_main_job.sh`` and ``bash scripts/run_tests.sh``: the main job and CI
   (``.ci/run``) run them; ``bash scripts/install.sh`` and pip: installation.
 * ``python train_net.py`` (training, ``--eval-only``): tests/test_pipeline_e2e.py,
-  tests/test_crash_safety.py, tests/test_determinism.py, tests/test_distributed.py.
-* ``python tools/budget_sweep.py``: tests/test_budget_sweep.py (the documented sweep
-  trains for minutes).
-* ``python tools/visualize_routing.py``: tests/test_visualize_routing.py;
-  ``python tools/demo.py``: tests/test_predictor.py; ``python tools/benchmark.py``:
-  tests/test_benchmark_tool.py; ``python tools/analyze_model.py`` on other configs:
-  tests/test_analyze_model.py; ``python tools/convert_reference_checkpoint.py``:
-  tests/test_reference_parity.py and tests/test_configs.py (it needs a reference
-  checkpoint).
+  tests/engine/test_crash_safety.py, tests/engine/test_determinism.py,
+  tests/engine/test_distributed.py.
+* ``python tools/budget_sweep.py``: tests/benchmark/test_budget_sweep.py (the documented
+  sweep trains for minutes).
+* ``python tools/visualize_routing.py``: tests/visualization/test_visualize_routing.py;
+  ``python tools/demo.py``: tests/engine/test_predictor.py; ``python tools/benchmark.py``:
+  tests/benchmark/test_benchmark_tool.py; ``python tools/analyze_model.py`` on other
+  configs: tests/tools/test_analyze_model.py; ``python tools/convert_reference_checkpoint.py``:
+  tests/modeling/test_reference_parity.py and tests/config/test_configs.py (it needs a
+  reference checkpoint).
 * ``python datasets/prepare_cityscapes.py`` / ``prepare_voc.py``: they need the real
-  datasets; tests/test_data_synthetic.py and tests/test_data_check.py.
+  datasets; tests/data/test_data_synthetic.py and tests/data/test_data_check.py.
 * ``python tools/export_model.py`` and ``python tools/deploy/run_exported.py`` (an export
-  takes minutes): tests/test_export.py runs both tools on a small config, and every format
-  and export method on routed images.
+  takes minutes): tests/export/test_export.py runs both tools on a small config, and every
+  format and export method on routed images.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ MAX_IMAGE_BYTES = 200 * 1024
 EXCLUDED = [re.compile(p) for p in (
     r"^bash scripts/(run_main_job|run_tests|install)\.sh$",
     r"^python train_net\.py (?!--help$)",
-    # task_learning_check: run by tests/test_task_learning.py (opt-in, minutes per task)
+    # task_learning_check: run by tests/tools/test_task_learning.py (opt-in, minutes per task)
     r"^python tools/(visualize_routing|demo|benchmark|convert_reference_checkpoint|budget_sweep"
     r"|task_learning_check|export_model|deploy/run_exported)\.py "
     r"(?!--help$)",

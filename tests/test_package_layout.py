@@ -149,3 +149,19 @@ def test_the_layer_check_catches_an_upward_import_inside_the_model_package(tmp_p
     monkeypatch.setattr(layout, "REPO", tmp_path)
     assert layout._violations(fake) == [("dyn_seg/modeling/cost/bad.py",
                                          "dyn_seg.modeling.meta_arch.routed")]
+
+
+def test_tests_are_grouped_like_the_package():
+    """Each folder of tests/ is named after the part of dyn_seg it tests (a subpackage or a
+    module); tests of the whole project (docs, layout, wheel, CUDA, the end-to-end
+    pipeline) and the shared helpers stay at the top. Module names stay unique, since
+    pytest imports the test files by their names."""
+    tests = REPO / "tests"
+    groups = [p for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+    assert groups
+    for group in groups:
+        part = REPO / "dyn_seg" / group.name
+        assert part.is_dir() or part.with_suffix(".py").is_file(), group.name
+        assert list(group.glob("test_*.py")), f"tests/{group.name} holds no test"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

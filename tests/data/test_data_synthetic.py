@@ -15,7 +15,7 @@ from PIL import Image
 from dyn_seg.data import generate_synthetic_cityscapes
 from dyn_seg.synthetic import MARKER_NAME, SPLIT_CITIES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NUM_TRAIN, NUM_VAL, HEIGHT, WIDTH = 6, 4, 64, 128
 GT_SUFFIXES = (
     "_gtFine_labelIds.png",

@@ -17,7 +17,7 @@ import torch
 
 from dyn_seg.data import generate_synthetic_cityscapes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAX_ITER = 45
 PERIOD = 3
 

@@ -35,8 +35,8 @@ from PIL import Image
 
 from dyn_seg.data import generate_synthetic_cityscapes
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parent  # this module; its parent holds the helpers
 def main(argv):
     """``python -c`` entry: train with 2 processes, then twice with 1, writing three
     reports."""
@@ -66,7 +66,7 @@ def _train_one_and_two_processes(base: Path):
     config.write_text(CONFIG)
     env = dict(os.environ, DETECTRON2_DATASETS=root, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; "
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(TESTS.parent)!r}, {str(REPO)!r}]; "
             "import test_distributed; test_distributed.main(sys.argv[1:])")
     proc = subprocess.run([sys.executable, "-c", code, str(config), str(base)], env=env,
                           cwd=REPO, capture_output=True, text=True, timeout=480)

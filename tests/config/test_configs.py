@@ -9,7 +9,7 @@ from dyn_seg import model_zoo
 from dyn_seg.tasks import task_of
 
 # semantic segmentation configs; the panoptic and instance ones are tested in
-# tests/test_panoptic_instance.py
+# tests/modeling/test_panoptic_instance.py
 CONFIGS = [
     c for c in model_zoo.list_configs()
     if not c.startswith(("Cityscapes-PanopticSegmentation/", "Cityscapes-InstanceSegmentation/",

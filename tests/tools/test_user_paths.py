@@ -22,7 +22,7 @@ from dyn_seg.data.robust_mapper import DynSegDatasetMapper
 from dyn_seg.tools import analyze_model, benchmark, visualize_routing
 from dyn_seg.tools import demo as demo_tool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from PIL import Image
 
 from dyn_seg.data import generate_synthetic_cityscapes
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parent  # this module; its parent holds the helpers
 
 
 def machine(argv):
@@ -49,7 +49,7 @@ def _start(base: Path, config: Path, root: str, report: str, num_machines: int, 
            dist_url: str, reference_ranks: int = 2) -> subprocess.Popen:
     env = dict(os.environ, DETECTRON2_DATASETS=root, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(REPO)!r}]; "
+    code = (f"import sys; sys.path[:0] = [{str(TESTS)!r}, {str(TESTS.parent)!r}, {str(REPO)!r}]; "
             "import test_multinode; test_multinode.machine(sys.argv[1:])")
     return subprocess.Popen(
         [sys.executable, "-c", code, str(config), report, str(num_machines), str(rank),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUDGET = {
     "panoptic": "configs/Synthetic/PanopticDeepLab-Tiny-Budget.yaml",
     "instance": "configs/Synthetic/MaskRCNN-Tiny-Budget.yaml",
@@ -22,7 +22,7 @@ RISE = {"panoptic": 15.0, "instance": 15.0}
 @pytest.mark.skipif(
     os.environ.get("DYN_SEG_LEARNING_CHECKS") != "1",
     reason="minutes per task: run with DYN_SEG_LEARNING_CHECKS=1 python -m pytest "
-           "tests/test_task_learning.py (or python tools/task_learning_check.py --task ...)")
+           "tests/tools/test_task_learning.py (or python tools/task_learning_check.py --task ...)")
 @pytest.mark.parametrize("task", ["panoptic", "instance"])
 def test_score_rises_and_budget_saves_flops(task, tmp_path):
     """PQ (panoptic) / mask AP (instance) on generated val scenes rise far above the

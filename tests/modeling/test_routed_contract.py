@@ -15,7 +15,7 @@ from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.benchmark.patterns import apply_gate_pattern, random_gate_pattern
 from dyn_seg.modeling.meta_arch.routed import RoutedModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # every routed meta-architecture with the same small routed network (LAYER_NUM 3) and gates
 ARCHS = {
     "semantic": "configs/Synthetic/Dynamic-Tiny.yaml",

@@ -10,7 +10,7 @@ import torch
 
 from dyn_seg.visualization.routing import MIN_ROUTE_WIDTH
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NEW_CONFIGS = sorted(
     [str(p.relative_to(REPO)) for p in (REPO / "configs").glob("Cityscapes-*Segmentation/*.yaml")
      if not p.name.startswith("Base-")]

@@ -20,7 +20,7 @@ from dyn_seg.engine.output_dir import (
     release_output_dir,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +173,12 @@ def _rank_worker(folder: str, report: str):
 def test_all_ranks_of_a_launch_share_the_verdict_and_the_folder(config, tmp_path):
     old = _previous_run(tmp_path / "run", config)
     report = str(tmp_path / "rank")
-    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2], sys.argv[3]]; "
             "from detectron2.engine import launch; import test_output_dir as t; "
-            "launch(t._rank_worker, 2, dist_url='auto', args=(sys.argv[3], sys.argv[4]))")
+            "launch(t._rank_worker, 2, dist_url='auto', args=(sys.argv[4], sys.argv[5]))")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "tests"), str(REPO),
+    here = Path(__file__).resolve().parent  # this module, and the tests' helpers above it
+    proc = subprocess.run([sys.executable, "-c", code, str(here), str(here.parent), str(REPO),
                            str(old), report], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PANOPTIC = "configs/Synthetic/PanopticDeepLab-Tiny.yaml"
 MASK_RCNN = "configs/Synthetic/MaskRCNN-Tiny.yaml"
 CLASSIFIER = "configs/Synthetic/Classification-Tiny.yaml"

@@ -13,7 +13,7 @@ import pytest
 
 from dyn_seg.data import generate_synthetic_cityscapes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "Synthetic" / "Budget-Sweep.yaml")
 
 # a few iterations of a small network on 32x64 frames
