@@ -10,11 +10,11 @@ same parameters does nothing. The absolute ROOT is the only thing printed on std
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
 from dyn_seg.synthetic import generate_synthetic_cityscapes
+from dyn_seg.utils.cli import add_dataset_root
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -22,12 +22,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets/synthetic"),
-        help="dataset root to write ROOT/cityscapes into, i.e. the folder to export as "
-        "DETECTRON2_DATASETS (default: $DETECTRON2_DATASETS, else datasets/synthetic)",
-    )
+    add_dataset_root(parser, "datasets/synthetic", "to write ROOT/cityscapes into, i.e. the "
+                     "folder to export as DETECTRON2_DATASETS")
     parser.add_argument("--num-train", type=int, default=24, help="train frames (default 24)")
     parser.add_argument("--num-val", type=int, default=8, help="val frames (default 8)")
     parser.add_argument("--height", type=int, default=128, help="image height (default 128)")

@@ -16,6 +16,7 @@ import sys
 from typing import List, Optional
 
 from dyn_seg.data.imagenet import generate_synthetic_imagenet
+from dyn_seg.utils.cli import add_dataset_root
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -23,12 +24,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets/synthetic"),
-        help="dataset root to write ROOT/imagenet into, i.e. the folder to export as "
-        "DETECTRON2_DATASETS (default: $DETECTRON2_DATASETS, else datasets/synthetic)",
-    )
+    add_dataset_root(parser, "datasets/synthetic", "to write ROOT/imagenet into, i.e. the "
+                     "folder to export as DETECTRON2_DATASETS")
     parser.add_argument("--num-train", type=int, default=60,
                         help="train images per class (default 60)")
     parser.add_argument("--num-val", type=int, default=20, help="val images per class (default 20)")

@@ -19,6 +19,7 @@ import sys
 from typing import List, Optional
 
 from dyn_seg.data.panoptic import create_cityscapes_panoptic
+from dyn_seg.utils.cli import add_dataset_root
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -26,11 +27,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
-        help="dataset root holding cityscapes/ (default: $DETECTRON2_DATASETS, else datasets)",
-    )
+    add_dataset_root(parser, "datasets", "holding cityscapes/")
     parser.add_argument(
         "--skip-panoptic",
         action="store_true",

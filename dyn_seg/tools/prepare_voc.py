@@ -14,6 +14,7 @@ import sys
 from typing import List, Optional
 
 from dyn_seg.data.voc import convert_voc_labels
+from dyn_seg.utils.cli import add_dataset_root
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -21,11 +22,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--root",
-        default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
-        help="dataset root holding VOC2012/ (default: $DETECTRON2_DATASETS, else datasets)",
-    )
+    add_dataset_root(parser, "datasets", "holding VOC2012/")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing labels")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)

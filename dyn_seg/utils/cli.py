@@ -9,6 +9,8 @@
   (:func:`add_weights_and_opts`, :func:`parse_tool_args`);
 * a ``DefaultPredictor`` whose weights are loaded by ``DynSegCheckpointer``
   (:func:`build_predictor`);
+* one ``--root`` for the dataset programs, defaulting to ``$DETECTRON2_DATASETS``
+  (:func:`add_dataset_root`);
 * argparse ``type=`` checks of numbers, whose messages name the allowed range
   (:func:`int_at_least`, :func:`float_in`).
 """
@@ -22,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "add_dataset_root",
     "add_size_argument",
     "add_weights_and_opts",
     "build_predictor",
@@ -259,3 +262,14 @@ def output_paths(relative: Sequence[str], output_dir: str, suffix: str = ".png",
     if len(set(names)) != len(names):  # e.g. "x.png.png" next to "x.png" and "x.jpg"
         names = [f"{os.path.splitext(n)[0]}_{i:05d}{suffix}" for i, n in enumerate(names)]
     return [os.path.join(output_dir, n) for n in names]
+
+
+# --------------------------------------------------------------------------- dataset root
+
+def add_dataset_root(parser: argparse.ArgumentParser, default: str, holds: str) -> None:
+    """``--root``: the folder detectron2 reads datasets from (``$DETECTRON2_DATASETS``, else
+    ``default``); ``holds`` says what the program reads or writes under it."""
+    parser.add_argument(
+        "--root", default=os.environ.get("DETECTRON2_DATASETS", default),
+        help=f"dataset root {holds} (default: $DETECTRON2_DATASETS, else {default})",
+    )
