@@ -58,7 +58,12 @@ from dyn_seg.modeling.execution.export_guards import allow_capture
 from dyn_seg.modeling.meta_arch.analysis import all_open_flops
 from dyn_seg.modeling.meta_arch.routed import RoutedModel, routed_model
 from dyn_seg.modeling.routing.gate import SoftGate
-from dyn_seg.utils.cli import add_size_argument, add_weights_and_opts, parse_tool_args
+from dyn_seg.utils.cli import (
+    add_size_argument,
+    add_weights_and_opts,
+    docstring_parser,
+    parse_tool_args,
+)
 
 logger = logging.getLogger("dyn_seg.analyze_model")
 
@@ -66,12 +71,7 @@ GIGA_PER_MEGA = 1e-3
 
 
 def get_parser() -> argparse.ArgumentParser:
-    description, examples = __doc__.split("Examples::", 1)
-    parser = argparse.ArgumentParser(
-        description=description.strip(),
-        epilog="examples:" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = docstring_parser(__doc__)
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="model config (yaml); default: the built-in Dynamic L16 defaults")
     add_size_argument(parser, default=(1024, 2048), minimum=32, help="input size")

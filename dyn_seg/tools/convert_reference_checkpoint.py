@@ -44,15 +44,11 @@ from detectron2.modeling import build_model
 
 from dyn_seg import get_dyn_seg_cfg
 from dyn_seg.checkpoint import convert_reference_state_dict, extract_state_dict
+from dyn_seg.utils.cli import docstring_parser
 
 
 def get_parser() -> argparse.ArgumentParser:
-    description, examples = __doc__.split("Examples::", 1)
-    parser = argparse.ArgumentParser(
-        description=description.strip(),
-        epilog="examples:" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = docstring_parser(__doc__)
     parser.add_argument("input", metavar="IN", help="reference checkpoint (.pth)")
     parser.add_argument("output", metavar="OUT", help="where to write the converted checkpoint")
     parser.add_argument("--config-file", required=True, metavar="FILE",

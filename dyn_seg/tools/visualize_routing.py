@@ -40,6 +40,7 @@ from dyn_seg.modeling.meta_arch.routed import routed_model
 from dyn_seg.utils.cli import (
     IMAGE_EXTENSIONS,
     add_weights_and_opts,
+    docstring_parser,
     find_images,
     int_at_least,
     parse_tool_args,
@@ -56,12 +57,7 @@ logger = logging.getLogger("dyn_seg.visualize_routing")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    description, examples = __doc__.split("Examples::", 1)
-    parser = argparse.ArgumentParser(
-        description=description.strip().replace("``", ""),
-        epilog="examples:" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = docstring_parser(__doc__, plain_literals=True)
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="model config (yaml); default: the built-in Dynamic L16 defaults")
     source = parser.add_mutually_exclusive_group(required=True)

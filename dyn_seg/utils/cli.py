@@ -9,6 +9,8 @@
   (:func:`add_weights_and_opts`, :func:`parse_tool_args`);
 * a ``DefaultPredictor`` whose weights are loaded by ``DynSegCheckpointer``
   (:func:`build_predictor`);
+* a parser whose help is the program's docstring, its ``Examples::`` section as the
+  epilog (:func:`docstring_parser`);
 * one ``--root`` for the dataset programs, defaulting to ``$DETECTRON2_DATASETS``
   (:func:`add_dataset_root`);
 * argparse ``type=`` checks of numbers, whose messages name the allowed range
@@ -27,6 +29,7 @@ __all__ = [
     "add_dataset_root",
     "add_size_argument",
     "add_weights_and_opts",
+    "docstring_parser",
     "build_predictor",
     "find_images",
     "float_in",
@@ -273,3 +276,17 @@ def add_dataset_root(parser: argparse.ArgumentParser, default: str, holds: str) 
         "--root", default=os.environ.get("DETECTRON2_DATASETS", default),
         help=f"dataset root {holds} (default: $DETECTRON2_DATASETS, else {default})",
     )
+
+
+# --------------------------------------------------------------------------- help text
+
+def docstring_parser(doc: str, plain_literals: bool = False) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` described by a program's docstring ``doc`` as written: the part
+    before ``Examples::`` is the description, the rest the epilog ("examples:"), line
+    breaks kept. ``plain_literals``: drop the reST double backquotes from the description."""
+    description, examples = doc.split("Examples::", 1)
+    description = description.strip()
+    if plain_literals:
+        description = description.replace("``", "")
+    return argparse.ArgumentParser(description=description, epilog="examples:" + examples,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
